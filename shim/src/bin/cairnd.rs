@@ -1,0 +1,101 @@
+//! cairnd: the CRI daemon. Serves CRI v1 (and v1alpha2) and cairn's control API on a unix
+//! socket, with the image store under its root dir.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cairn_shim::config::{Config, DEFAULT_CONFIG};
+use cairn_snapshotter::image::{ImageService, ImageServiceConfig};
+use cairn_snapshotter::manifest::Platform;
+use clap::Parser;
+
+/// cairn's CRI daemon.
+#[derive(Debug, Parser)]
+#[command(name = "cairnd", version, about)]
+struct Args {
+    /// TOML config file; settings it leaves out keep their embedded defaults.
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `root` (persistent state).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Overrides `state` (volatile state).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Overrides `socket`.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Prints the embedded default config and exits.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(());
+    }
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default_config(),
+    };
+    if let Some(r) = args.root {
+        config.root = r;
+    }
+    if let Some(s) = args.state {
+        config.state = s;
+    }
+    if let Some(s) = args.socket {
+        config.socket = s;
+    }
+    init_tracing(&config.log_level)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(config))
+}
+
+fn init_tracing(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("log_level {level:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let platform = match config.image.platform.as_str() {
+        "" => Platform::host(),
+        p => Platform::parse(p).with_context(|| format!("image.platform {p:?}"))?,
+    };
+    std::fs::create_dir_all(&config.state)
+        .with_context(|| format!("creating {}", config.state.display()))?;
+    let images = ImageService::open(ImageServiceConfig {
+        root: config.root.clone(),
+        platform,
+        max_concurrent_downloads: config.image.max_concurrent_downloads,
+        registries: config.registry_settings()?,
+    })
+    .with_context(|| format!("opening the image store in {}", config.root.display()))?;
+    tracing::info!(root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "cairnd starting");
+    cairn_shim::cri::serve(&config.socket, images, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
