@@ -1,0 +1,1920 @@
+//! Unpacks one uncompressed OCI layer tar into the upper directory of a new overlay snapshot.
+//!
+//! Entries keep their contents, modes, numeric owners, `SCHILY.xattr.*` xattrs, mtimes,
+//! hard links and device nodes. OCI whiteouts become overlayfs ones: `.wh.name` turns into a
+//! 0/0 character device `name`, `.wh..wh..opq` into `trusted.overlay.opaque=y` on its
+//! directory; other `.wh..wh.*` meta entries and any `trusted.overlay.*` xattr in the layer
+//! are dropped, so a layer cannot forge overlay metadata.
+//!
+//! Nothing is ever created, changed or removed outside the root: names with `..` or a leading
+//! `/` are refused, every parent directory is resolved with `openat2(RESOLVE_IN_ROOT)` (so a
+//! symlink written by an earlier entry can only lead back inside the root), and the final
+//! operation is done relative to that directory on the last name component without following
+//! a symlink there.
+//!
+//! For speed the last resolved parent directory is kept open (tar entries come grouped by
+//! directory), file data is copied through one 1 MiB buffer, and nothing is fsynced.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{
+    self as rfs, AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid,
+    XattrFlags,
+};
+use rustix::io::Errno;
+use tar::EntryType;
+
+use crate::error::{Error, Result};
+
+/// Size of the buffer file data is copied through.
+const COPY_BUFFER: usize = 1 << 20;
+/// Deepest directory tree we remove when an entry replaces it.
+const MAX_REMOVE_DEPTH: usize = 512;
+/// OCI whiteout prefix: `.wh.name` deletes `name` of the lower layers.
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// OCI prefix of whiteout meta files (`.wh..wh..opq`, aufs' `.wh..wh.plnk`, ...).
+const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
+/// OCI opaque marker: hides all lower children of its directory.
+const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
+/// The overlayfs xattr marking an opaque directory.
+const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Xattr prefixes that overlayfs interprets (trusted, or user with `userxattr`); never taken
+/// from a layer nor copied from a lower directory.
+const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+/// PAX record prefix carrying an xattr (GNU tar / star convention).
+const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
+/// `setxattrat(2)` (Linux 6.13), the same number on every architecture.
+const SYS_SETXATTRAT: libc::c_long = 463;
+
+/// Counters of one unpack.
+#[derive(Debug, Default, Clone)]
+pub struct UnpackStats {
+    /// Tar entries processed (files, dirs, links, whiteouts, skipped meta entries).
+    pub entries: u64,
+    /// Bytes of regular file contents written.
+    pub bytes: u64,
+}
+
+/// Unpacks the layer tar read from `tar` into `root`, an existing empty directory that will become
+/// the upper dir of an overlay snapshot whose lower dirs are `parents` (highest/topmost layer first;
+/// empty for a base layer). Returns an error (crate::error::Error::BadContent naming the tar entry) for
+/// any unsafe entry; the caller then deletes `root` wholesale, so you need not roll back.
+///
+/// The reader is read to its end, also past the tar's end-of-archive marker, so that an error
+/// the reader reports only at its end (a digest mismatch) surfaces here. An `io::Error` from the
+/// reader that wraps a [`crate::Error`] is returned as that error.
+pub fn unpack_layer<R: std::io::Read>(
+    tar: R,
+    root: &std::path::Path,
+    parents: &[std::path::PathBuf],
+) -> crate::Result<UnpackStats> {
+    let mut unpacker = Unpacker::new(root, parents)?;
+    let mut source = Source {
+        inner: tar,
+        eof: false,
+    };
+    let outcome = {
+        let mut archive = ::tar::Archive::new(&mut source);
+        unpacker.unpack_all(&mut archive)
+    };
+    let outcome = outcome.and_then(|()| source.drain().map_err(Failure::Read));
+    if let Err(failure) = outcome {
+        return Err(failure.into_error(source.eof, root));
+    }
+    unpacker.finish()?;
+    Ok(unpacker.stats)
+}
+
+/// The layer reader, marking its errors (so they are told apart from tar format errors) and
+/// remembering whether it hit its end (so a tar error can be told to be a truncation).
+struct Source<R> {
+    inner: R,
+    eof: bool,
+}
+
+impl<R: Read> Source<R> {
+    /// Reads what is left after the end-of-archive marker.
+    fn drain(&mut self) -> io::Result<()> {
+        io::copy(self, &mut io::sink()).map(drop)
+    }
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Ok(0) if !buf.is_empty() => {
+                    self.eof = true;
+                    return Ok(0);
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io::Error::new(e.kind(), SourceError(e))),
+            }
+        }
+    }
+}
+
+/// An error of the layer reader itself, as opposed to one found by the tar parser.
+#[derive(Debug)]
+struct SourceError(io::Error);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Why unpacking stopped, before the reader state is known.
+enum Failure {
+    /// Reading the tar failed: the reader's own error or a malformed archive.
+    Read(io::Error),
+    /// An entry's data ended early.
+    Truncated,
+    /// Anything else, already in its final form.
+    Fatal(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+impl Failure {
+    fn into_error(self, reader_hit_eof: bool, root: &Path) -> Error {
+        let err = match self {
+            Failure::Fatal(e) => return e,
+            Failure::Truncated => return truncated(),
+            Failure::Read(err) => err,
+        };
+        if !err.get_ref().is_some_and(|e| e.is::<SourceError>()) {
+            if reader_hit_eof {
+                return truncated();
+            }
+            return Error::BadContent(format!("layer tar is malformed: {err}"));
+        }
+        let kind = err.kind();
+        let err = match err.into_inner().map(|e| e.downcast::<SourceError>()) {
+            Some(Ok(source)) => source.0,
+            Some(Err(other)) => io::Error::new(kind, other),
+            None => io::Error::from(kind),
+        };
+        reader_error(err, root)
+    }
+}
+
+/// Maps an error of the layer reader: a wrapped crate error as itself, an early end as a
+/// truncation, anything else as I/O.
+fn reader_error(err: io::Error, root: &Path) -> Error {
+    if err.get_ref().is_some_and(|e| e.is::<Error>()) {
+        let kind = err.kind();
+        return match err.into_inner().map(|e| e.downcast::<Error>()) {
+            Some(Ok(e)) => *e,
+            Some(Err(other)) => Error::io("unpack read layer", root, io::Error::new(kind, other)),
+            None => Error::io("unpack read layer", root, io::Error::from(kind)),
+        };
+    }
+    if err.kind() == io::ErrorKind::UnexpectedEof {
+        return Error::BadContent(format!("truncated layer: {err}"));
+    }
+    Error::io("unpack read layer", root, err)
+}
+
+fn truncated() -> Error {
+    Error::BadContent("truncated layer".into())
+}
+
+/// A refused entry.
+fn bad(entry: &[u8], why: impl std::fmt::Display) -> Error {
+    Error::BadContent(format!(
+        "layer entry {:?}: {why}",
+        String::from_utf8_lossy(entry)
+    ))
+}
+
+fn as_path(bytes: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(bytes))
+}
+
+/// Normalizes a tar name into `out` (`a/b/c`, no `.`, no empty components, no trailing
+/// slash); the root itself becomes empty. Refuses absolute names and `..`.
+fn normalize(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), &'static str> {
+    out.clear();
+    if raw.is_empty() {
+        return Err("empty name");
+    }
+    if raw[0] == b'/' {
+        return Err("absolute name");
+    }
+    if raw.contains(&0) {
+        return Err("name contains a NUL byte");
+    }
+    for component in raw.split(|&b| b == b'/') {
+        match component {
+            b"" | b"." => continue,
+            b".." => return Err("name has a `..` component"),
+            _ => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(component);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits a normalized name into its parent directory and last component.
+fn split_last(name: &[u8]) -> (&[u8], &[u8]) {
+    match name.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&name[..i], &name[i + 1..]),
+        None => (b"", name),
+    }
+}
+
+/// Number of components of a normalized name.
+fn depth(name: &[u8]) -> usize {
+    if name.is_empty() {
+        return 0;
+    }
+    name.iter().filter(|&&b| b == b'/').count() + 1
+}
+
+fn is_overlay_xattr(name: &[u8]) -> bool {
+    OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Parses a PAX time (`seconds[.fraction]`, maybe negative).
+fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let negative = secs.starts_with('-');
+    let mut tv_sec: i64 = secs.parse().ok()?;
+    if frac.len() > 18 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut nanos: i64 = 0;
+    for digit in frac.bytes().chain(std::iter::repeat(b'0')).take(9) {
+        nanos = nanos * 10 + i64::from(digit - b'0');
+    }
+    if negative && nanos > 0 {
+        tv_sec = tv_sec.checked_sub(1)?;
+        nanos = 1_000_000_000 - nanos;
+    }
+    Some(Timespec {
+        tv_sec,
+        // `Nsecs` is `i64` or `c_long` depending on the target.
+        #[allow(clippy::useless_conversion)]
+        tv_nsec: nanos.try_into().ok()?,
+    })
+}
+
+fn timestamps(mtime: Timespec) -> Timestamps {
+    Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
+    }
+}
+
+/// What an entry says about the object it creates.
+struct Meta {
+    mode: u32,
+    uid: Uid,
+    gid: Gid,
+    mtime: Timespec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Reads mode, owner, mtime and xattrs of an entry (PAX records override the header).
+fn read_meta<R: Read>(entry: &mut ::tar::Entry<'_, R>, name: &[u8]) -> Result<Meta> {
+    let header = entry.header();
+    let mode = header.mode().map_err(|e| bad(name, e))? & 0o7777;
+    let uid = header.uid().map_err(|e| bad(name, e))?;
+    let gid = header.gid().map_err(|e| bad(name, e))?;
+    let id = |v: u64| u32::try_from(v).ok().filter(|&v| v != u32::MAX);
+    let (Some(uid), Some(gid)) = (id(uid), id(gid)) else {
+        return Err(bad(name, format!("owner {uid}:{gid} out of range")));
+    };
+    let secs = header.mtime().map_err(|e| bad(name, e))?;
+    let mut meta = Meta {
+        mode,
+        uid: Uid::from_raw(uid),
+        gid: Gid::from_raw(gid),
+        mtime: Timespec {
+            tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
+            tv_nsec: 0,
+        },
+        xattrs: Vec::new(),
+    };
+    let Some(extensions) = entry.pax_extensions().map_err(|e| bad(name, e))? else {
+        return Ok(meta);
+    };
+    for extension in extensions {
+        let extension = extension.map_err(|e| bad(name, format!("bad PAX record: {e}")))?;
+        let key = extension.key_bytes();
+        if key == b"mtime" {
+            if let Some(mtime) = parse_pax_time(extension.value_bytes()) {
+                meta.mtime = mtime;
+            }
+            continue;
+        }
+        let Some(xattr) = key.strip_prefix(PAX_XATTR_PREFIX) else {
+            continue;
+        };
+        if xattr.is_empty() || xattr.contains(&0) {
+            return Err(bad(name, "invalid xattr name"));
+        }
+        if is_overlay_xattr(xattr) {
+            continue;
+        }
+        meta.xattrs
+            .push((xattr.to_vec(), extension.value_bytes().to_vec()));
+    }
+    Ok(meta)
+}
+
+/// Mode, owner, mtime and xattrs of a lower directory, to give a directory we create implicitly.
+struct Template {
+    mode: u32,
+    uid: Uid,
+    gid: Gid,
+    mtime: Timespec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Why a data copy stopped.
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+    Short,
+}
+
+/// Copies exactly `size` bytes of entry data into `file`, filling `buf` before each write.
+fn copy_data(
+    entry: &mut impl Read,
+    mut file: &File,
+    buf: &mut [u8],
+    size: u64,
+) -> std::result::Result<u64, CopyError> {
+    let mut total: u64 = 0;
+    while total < size {
+        let want = usize::try_from(size - total).map_or(buf.len(), |left| left.min(buf.len()));
+        let mut filled = 0;
+        while filled < want {
+            match entry.read(&mut buf[filled..want]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            }
+        }
+        if filled == 0 {
+            return Err(CopyError::Short);
+        }
+        file.write_all(&buf[..filled]).map_err(CopyError::Write)?;
+        total += filled as u64;
+    }
+    Ok(total)
+}
+
+/// Opens directory `path` beneath `root` as `O_PATH`, resolving symlinks as if `root` were `/`.
+fn open_in_root(root: BorrowedFd<'_>, path: &[u8]) -> rustix::io::Result<OwnedFd> {
+    let path: &[u8] = if path.is_empty() { b"." } else { path };
+    let mut attempts = 0;
+    loop {
+        let opened = rfs::openat2(
+            root,
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        );
+        // EAGAIN: a concurrent rename elsewhere on the system made the kernel unsure.
+        match opened {
+            Err(Errno::AGAIN) if attempts < 16 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Opens directory `name` of `dir` for reading, never following a symlink.
+fn open_dir(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Creates regular file `name` of `dir`, which must not exist.
+fn create_file(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+}
+
+fn is_dir(st: &rfs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+}
+
+/// Removes `name` of `dir`, recursively if it is a directory, never following symlinks.
+fn remove_tree(dir: BorrowedFd<'_>, name: &[u8], depth: usize) -> io::Result<()> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if depth >= MAX_REMOVE_DEPTH {
+        return Err(io::Error::other("directory tree too deep to remove"));
+    }
+    let mut listing = rfs::Dir::new(open_dir(dir, name)?)?;
+    let mut children: Vec<CString> = Vec::new();
+    while let Some(child) = listing.read() {
+        let child = child?;
+        let child_name = child.file_name().to_bytes();
+        if child_name != b"." && child_name != b".." {
+            children.push(child.file_name().to_owned());
+        }
+    }
+    let fd = listing.fd()?;
+    for child in &children {
+        remove_tree(fd, child.as_bytes(), depth + 1)?;
+    }
+    rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    Ok(())
+}
+
+/// `setxattrat(dir, name, AT_SYMLINK_NOFOLLOW, key, value)`: an xattr on a symlink, device or
+/// fifo, which cannot be opened for `fsetxattr` (and must not be: opening a device runs its
+/// driver).
+fn set_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, value: &[u8]) -> io::Result<()> {
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+    let args = XattrArgs {
+        value: value.as_ptr() as u64,
+        size: u32::try_from(value.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        flags: 0,
+    };
+    // SAFETY: all pointers are valid for the duration of the call: `name` and `key` are
+    // NUL-terminated, `args` points at `value` with its length, and the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_SETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            key.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a failed xattr write is a limitation of the filesystem or kernel, to warn about
+/// instead of failing the pull.
+fn xattr_unsupported(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+    )
+}
+
+/// Reads the xattrs of `fd`, leaving out overlayfs' own. Best effort: unreadable ones are skipped.
+fn read_xattrs(fd: BorrowedFd<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(size) = rfs::flistxattr_query(fd) else {
+        return out;
+    };
+    let mut names = vec![0u8; size];
+    let Ok(len) = rfs::flistxattr(fd, &mut names[..]) else {
+        return out;
+    };
+    names.truncate(len);
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if is_overlay_xattr(name) {
+            continue;
+        }
+        let Ok(size) = rfs::fgetxattr_query(fd, name) else {
+            continue;
+        };
+        let mut value = vec![0u8; size];
+        if let Ok(len) = rfs::fgetxattr(fd, name, &mut value[..]) {
+            value.truncate(len);
+            out.push((name.to_vec(), value));
+        }
+    }
+    out
+}
+
+/// The state of one unpack.
+struct Unpacker<'a> {
+    root_path: &'a Path,
+    /// The root, opened for reading (so it can take metadata itself).
+    root: OwnedFd,
+    parents: &'a [PathBuf],
+    /// The parent layers' roots, opened on first need (`None`: could not be opened).
+    lowers: Option<Vec<Option<OwnedFd>>>,
+    /// The last resolved directory and its normalized name.
+    cache_key: Vec<u8>,
+    cache_fd: Option<OwnedFd>,
+    /// Set when something was removed: the cached directory may be stale.
+    stale: bool,
+    /// Directories whose mtime is set at the end, after their children were written.
+    dir_times: HashMap<Vec<u8>, Timespec>,
+    buf: Vec<u8>,
+    name: Vec<u8>,
+    link: Vec<u8>,
+    stats: UnpackStats,
+}
+
+impl<'a> Unpacker<'a> {
+    fn new(root: &'a Path, parents: &'a [PathBuf]) -> Result<Self> {
+        let root_fd = rfs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("unpack open root", root, e.into()))?;
+        Ok(Unpacker {
+            root_path: root,
+            root: root_fd,
+            parents,
+            lowers: None,
+            cache_key: Vec::new(),
+            cache_fd: None,
+            stale: false,
+            dir_times: HashMap::new(),
+            buf: vec![0; COPY_BUFFER],
+            name: Vec::new(),
+            link: Vec::new(),
+            stats: UnpackStats::default(),
+        })
+    }
+
+    /// An I/O error on `name` (normalized, relative to the root).
+    fn io(&self, context: &'static str, name: &[u8], err: impl Into<io::Error>) -> Error {
+        Error::io(context, self.root_path.join(as_path(name)), err.into())
+    }
+
+    fn unpack_all<R: Read>(&mut self, archive: &mut ::tar::Archive<R>) -> Result<(), Failure> {
+        for entry in archive.entries().map_err(Failure::Read)? {
+            let mut entry = entry.map_err(Failure::Read)?;
+            self.stats.entries += 1;
+            self.unpack_entry(&mut entry)?;
+        }
+        Ok(())
+    }
+
+    fn unpack_entry<R: Read>(&mut self, entry: &mut ::tar::Entry<'_, R>) -> Result<(), Failure> {
+        if entry.header().entry_type().is_pax_global_extensions() {
+            return Ok(());
+        }
+        let mut name = std::mem::take(&mut self.name);
+        let result = self.unpack_named(entry, &mut name);
+        self.name = name;
+        result
+    }
+
+    fn unpack_named<R: Read>(
+        &mut self,
+        entry: &mut ::tar::Entry<'_, R>,
+        name: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        let trailing_slash = {
+            let raw = entry.path_bytes();
+            normalize(&raw, name).map_err(|why| bad(&raw, why))?;
+            raw.ends_with(b"/")
+        };
+        let name: &[u8] = name;
+        let kind = entry.header().entry_type();
+        // Old (v7) archives mark directories only by the trailing slash.
+        let is_dir = kind.is_dir() || (kind == EntryType::Regular && trailing_slash);
+        if name.is_empty() {
+            if !is_dir {
+                return Err(bad(b".", "the root must be a directory").into());
+            }
+            let meta = read_meta(entry, b".")?;
+            self.set_fd_meta(self.root.as_fd(), &meta, name)?;
+            self.dir_times.insert(Vec::new(), meta.mtime);
+            return Ok(());
+        }
+        let (parent, base) = split_last(name);
+        if self.whiteout(parent, base, name)? {
+            return Ok(());
+        }
+        if kind == EntryType::Link {
+            return Ok(self.hard_link(entry, parent, base, name)?);
+        }
+        let meta = read_meta(entry, name)?;
+        match kind {
+            _ if is_dir => Ok(self.directory(parent, base, name, &meta)?),
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.regular(entry, parent, base, name, &meta)
+            }
+            EntryType::Symlink => {
+                let Some(target) = entry.link_name_bytes() else {
+                    return Err(bad(name, "symlink without a target").into());
+                };
+                Ok(self.symlink(&target, parent, base, name, &meta)?)
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                Ok(self.node(entry.header(), kind, parent, base, name, &meta)?)
+            }
+            other => Err(bad(name, format!("unsupported entry type {other:?}")).into()),
+        }
+    }
+
+    /// Handles whiteout and whiteout meta entries; returns whether `name` was one.
+    fn whiteout(&mut self, parent: &[u8], base: &[u8], name: &[u8]) -> Result<bool> {
+        let in_meta_dir = parent
+            .split(|&b| b == b'/')
+            .any(|c| c.starts_with(WHITEOUT_META_PREFIX));
+        if in_meta_dir {
+            return Ok(true);
+        }
+        if base == WHITEOUT_OPAQUE {
+            self.opaque(parent, name)?;
+            return Ok(true);
+        }
+        if base.starts_with(WHITEOUT_META_PREFIX) {
+            return Ok(true);
+        }
+        let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) else {
+            return Ok(false);
+        };
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(bad(name, "whiteout of an invalid name"));
+        }
+        let dir = self.take_parent(parent, name)?;
+        self.remove(dir.as_fd(), hidden, name)?;
+        rfs::mknodat(
+            &dir,
+            hidden,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rfs::makedev(0, 0),
+        )
+        .map_err(|e| self.io("unpack create whiteout", name, e))?;
+        self.put_parent(parent, dir);
+        Ok(true)
+    }
+
+    /// Marks directory `dir_name` opaque (creating it if needed).
+    fn opaque(&mut self, dir_name: &[u8], name: &[u8]) -> Result<()> {
+        let dir = self.take_parent(dir_name, name)?;
+        let readable = open_dir(dir.as_fd(), b".")
+            .map_err(|e| self.io("unpack open directory", dir_name, e))?;
+        rfs::fsetxattr(&readable, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+            .map_err(|e| self.io("unpack mark opaque", dir_name, e))?;
+        self.put_parent(dir_name, dir);
+        Ok(())
+    }
+
+    fn directory(&mut self, parent: &[u8], base: &[u8], name: &[u8], meta: &Meta) -> Result<()> {
+        let dir = self.take_parent(parent, name)?;
+        let mode = Mode::from_raw_mode(0o700);
+        match rfs::mkdirat(&dir, base, mode) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                let st = rfs::statat(&dir, base, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| self.io("unpack stat", name, e))?;
+                if !is_dir(&st) {
+                    self.remove(dir.as_fd(), base, name)?;
+                    rfs::mkdirat(&dir, base, mode)
+                        .map_err(|e| self.io("unpack create directory", name, e))?;
+                }
+            }
+            Err(e) => return Err(self.io("unpack create directory", name, e)),
+        }
+        let fd =
+            open_dir(dir.as_fd(), base).map_err(|e| self.io("unpack open directory", name, e))?;
+        self.set_fd_meta(fd.as_fd(), meta, name)?;
+        self.dir_times.insert(name.to_vec(), meta.mtime);
+        // The next entries are most likely this directory's children.
+        self.put_parent(name, fd);
+        Ok(())
+    }
+
+    fn regular<R: Read>(
+        &mut self,
+        entry: &mut ::tar::Entry<'_, R>,
+        parent: &[u8],
+        base: &[u8],
+        name: &[u8],
+        meta: &Meta,
+    ) -> Result<(), Failure> {
+        let dir = self.take_parent(parent, name)?;
+        let created = match create_file(dir.as_fd(), base) {
+            Err(Errno::EXIST) => {
+                self.remove(dir.as_fd(), base, name)?;
+                create_file(dir.as_fd(), base)
+            }
+            other => other,
+        };
+        let file = File::from(created.map_err(|e| self.io("unpack create file", name, e))?);
+        self.put_parent(parent, dir);
+        let size = entry.size();
+        let written = copy_data(entry, &file, &mut self.buf, size).map_err(|e| match e {
+            CopyError::Read(e) => Failure::Read(e),
+            CopyError::Short => Failure::Truncated,
+            CopyError::Write(e) => Failure::Fatal(self.io("unpack write file", name, e)),
+        })?;
+        self.stats.bytes += written;
+        self.set_fd_meta(file.as_fd(), meta, name)?;
+        rfs::futimens(&file, &timestamps(meta.mtime))
+            .map_err(|e| self.io("unpack set mtime", name, e))?;
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        target: &[u8],
+        parent: &[u8],
+        base: &[u8],
+        name: &[u8],
+        meta: &Meta,
+    ) -> Result<()> {
+        if target.is_empty() || target.contains(&0) {
+            return Err(bad(name, "invalid symlink target"));
+        }
+        let dir = self.take_parent(parent, name)?;
+        let created = match rfs::symlinkat(target, &dir, base) {
+            Err(Errno::EXIST) => {
+                self.remove(dir.as_fd(), base, name)?;
+                rfs::symlinkat(target, &dir, base)
+            }
+            other => other,
+        };
+        created.map_err(|e| self.io("unpack create symlink", name, e))?;
+        self.set_special_meta(dir.as_fd(), base, meta, name, false)?;
+        self.put_parent(parent, dir);
+        Ok(())
+    }
+
+    fn node(
+        &mut self,
+        header: &::tar::Header,
+        kind: EntryType,
+        parent: &[u8],
+        base: &[u8],
+        name: &[u8],
+        meta: &Meta,
+    ) -> Result<()> {
+        let file_type = match kind {
+            EntryType::Char => FileType::CharacterDevice,
+            EntryType::Block => FileType::BlockDevice,
+            _ => FileType::Fifo,
+        };
+        let number =
+            |n: io::Result<Option<u32>>| n.map(|n| n.unwrap_or(0)).map_err(|e| bad(name, e));
+        let dev = match file_type {
+            FileType::Fifo => rfs::makedev(0, 0),
+            _ => rfs::makedev(
+                number(header.device_major())?,
+                number(header.device_minor())?,
+            ),
+        };
+        let dir = self.take_parent(parent, name)?;
+        let mode = Mode::from_raw_mode(0o600);
+        let created = match rfs::mknodat(&dir, base, file_type, mode, dev) {
+            Err(Errno::EXIST) => {
+                self.remove(dir.as_fd(), base, name)?;
+                rfs::mknodat(&dir, base, file_type, mode, dev)
+            }
+            other => other,
+        };
+        created.map_err(|e| self.io("unpack create node", name, e))?;
+        self.set_special_meta(dir.as_fd(), base, meta, name, true)?;
+        self.put_parent(parent, dir);
+        Ok(())
+    }
+
+    fn hard_link<R: Read>(
+        &mut self,
+        entry: &::tar::Entry<'_, R>,
+        parent: &[u8],
+        base: &[u8],
+        name: &[u8],
+    ) -> Result<()> {
+        let mut target = std::mem::take(&mut self.link);
+        let result = match entry.link_name_bytes() {
+            None => Err(bad(name, "hard link without a target")),
+            Some(raw) => normalize(&raw, &mut target)
+                .map_err(|why| bad(name, format_args!("hard link target: {why}")))
+                .and_then(|()| self.link_to(&target, parent, base, name)),
+        };
+        self.link = target;
+        result
+    }
+
+    fn link_to(&mut self, target: &[u8], parent: &[u8], base: &[u8], name: &[u8]) -> Result<()> {
+        if target.is_empty() {
+            return Err(bad(name, "hard link to the root"));
+        }
+        let (target_parent, target_base) = split_last(target);
+        let missing = || {
+            bad(
+                name,
+                format_args!(
+                    "hard link target {:?} is not in the layer",
+                    String::from_utf8_lossy(target)
+                ),
+            )
+        };
+        let target_dir = match open_in_root(self.root.as_fd(), target_parent) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Err(missing()),
+            Err(e) => return Err(self.resolve_error(e, target_parent, name)),
+        };
+        let target_stat = match rfs::statat(&target_dir, target_base, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Err(missing()),
+            Err(e) => return Err(self.io("unpack stat", target, e)),
+        };
+        if is_dir(&target_stat) {
+            return Err(bad(name, "hard link to a directory"));
+        }
+        let dir = self.take_parent(parent, name)?;
+        let link =
+            |dir: &OwnedFd| rfs::linkat(&target_dir, target_base, dir, base, AtFlags::empty());
+        let linked = match link(&dir) {
+            Err(Errno::EXIST) => {
+                let same = rfs::statat(&dir, base, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                    st.st_dev == target_stat.st_dev && st.st_ino == target_stat.st_ino
+                });
+                if same {
+                    Ok(())
+                } else {
+                    self.remove(dir.as_fd(), base, name)?;
+                    link(&dir)
+                }
+            }
+            other => other,
+        };
+        linked.map_err(|e| self.io("unpack create hard link", name, e))?;
+        self.put_parent(parent, dir);
+        Ok(())
+    }
+
+    /// Owner, mode and xattrs of an object opened for reading or writing (chmod after chown,
+    /// which clears setuid; xattrs after chown, which clears file capabilities).
+    fn set_fd_meta(&self, fd: BorrowedFd<'_>, meta: &Meta, name: &[u8]) -> Result<()> {
+        rfs::fchown(fd, Some(meta.uid), Some(meta.gid))
+            .map_err(|e| self.io("unpack set owner", name, e))?;
+        rfs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+            .map_err(|e| self.io("unpack set mode", name, e))?;
+        for (key, value) in &meta.xattrs {
+            let Err(err) = rfs::fsetxattr(fd, key.as_slice(), value, XattrFlags::empty()) else {
+                continue;
+            };
+            self.xattr_failed(err.into(), key, name)?;
+        }
+        Ok(())
+    }
+
+    /// Owner, (mode), xattrs and mtime of a symlink, device or fifo, by name in `dir`.
+    fn set_special_meta(
+        &self,
+        dir: BorrowedFd<'_>,
+        base: &[u8],
+        meta: &Meta,
+        name: &[u8],
+        with_mode: bool,
+    ) -> Result<()> {
+        rfs::chownat(
+            dir,
+            base,
+            Some(meta.uid),
+            Some(meta.gid),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("unpack set owner", name, e))?;
+        if with_mode {
+            // Not a symlink: we just created it, and nothing else writes to the root.
+            rfs::chmodat(dir, base, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .map_err(|e| self.io("unpack set mode", name, e))?;
+        }
+        if !meta.xattrs.is_empty() {
+            let c_base = CString::new(base).map_err(|_| bad(name, "NUL in name"))?;
+            for (key, value) in &meta.xattrs {
+                let c_key = CString::new(key.as_slice()).map_err(|_| bad(name, "NUL in xattr"))?;
+                if let Err(err) = set_xattr_at(dir, &c_base, &c_key, value) {
+                    self.xattr_failed(err, key, name)?;
+                }
+            }
+        }
+        rfs::utimensat(
+            dir,
+            base,
+            &timestamps(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("unpack set mtime", name, e))?;
+        Ok(())
+    }
+
+    /// Warns about an xattr the filesystem or kernel cannot store; fails on any other error.
+    fn xattr_failed(&self, err: io::Error, key: &[u8], name: &[u8]) -> Result<()> {
+        let special_user = err.raw_os_error() == Some(libc::EPERM) && key.starts_with(b"user.");
+        if !xattr_unsupported(&err) && !special_user {
+            return Err(self.io("unpack set xattr", name, err));
+        }
+        tracing::warn!(
+            entry = %String::from_utf8_lossy(name),
+            xattr = %String::from_utf8_lossy(key),
+            "layer xattr not stored: {err}"
+        );
+        Ok(())
+    }
+
+    /// Removes `base` of `dir` (recursively), invalidating the cached directory.
+    fn remove(&mut self, dir: BorrowedFd<'_>, base: &[u8], name: &[u8]) -> Result<()> {
+        self.stale = true;
+        remove_tree(dir, base, 0).map_err(|e| {
+            let (parent, _) = split_last(name);
+            Error::io(
+                "unpack remove",
+                self.root_path.join(as_path(parent)).join(as_path(base)),
+                e,
+            )
+        })
+    }
+
+    /// Takes the directory `rel` beneath the root, from the cache or resolved in root,
+    /// creating it and its missing ancestors. Hand it back with [`Self::put_parent`].
+    fn take_parent(&mut self, rel: &[u8], entry: &[u8]) -> Result<OwnedFd> {
+        if let Some(fd) = self.cache_fd.take() {
+            if self.cache_key == rel {
+                return Ok(fd);
+            }
+        }
+        match open_in_root(self.root.as_fd(), rel) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::NOENT) => self.create_dirs(rel, entry),
+            Err(e) => Err(self.resolve_error(e, rel, entry)),
+        }
+    }
+
+    /// Caches `fd` as directory `rel`, unless something was removed since it was resolved.
+    fn put_parent(&mut self, rel: &[u8], fd: OwnedFd) {
+        if std::mem::take(&mut self.stale) {
+            return;
+        }
+        self.cache_key.clear();
+        self.cache_key.extend_from_slice(rel);
+        self.cache_fd = Some(fd);
+    }
+
+    fn resolve_error(&self, err: Errno, rel: &[u8], entry: &[u8]) -> Error {
+        let rel = String::from_utf8_lossy(rel);
+        match err {
+            Errno::NOTDIR => bad(entry, format_args!("{rel:?} is not a directory")),
+            Errno::LOOP => bad(
+                entry,
+                format_args!("{rel:?}: too many levels of symbolic links"),
+            ),
+            Errno::XDEV => bad(entry, format_args!("{rel:?} leads outside the layer")),
+            e => Error::io(
+                "unpack open directory",
+                self.root_path.join(as_path(rel.as_bytes())),
+                e.into(),
+            ),
+        }
+    }
+
+    /// Creates the missing directories of `rel` (whose nearest existing ancestor resolves),
+    /// each with the metadata of the same directory in the parent layers.
+    fn create_dirs(&mut self, rel: &[u8], entry: &[u8]) -> Result<OwnedFd> {
+        let mut dir = open_in_root(self.root.as_fd(), b"")
+            .map_err(|e| self.io("unpack open directory", b"", e))?;
+        let mut missing = false;
+        let mut end = 0;
+        for component in rel.split(|&b| b == b'/') {
+            end += component.len();
+            let prefix = &rel[..end];
+            end += 1;
+            if !missing {
+                match open_in_root(self.root.as_fd(), prefix) {
+                    Ok(fd) => {
+                        dir = fd;
+                        continue;
+                    }
+                    Err(Errno::NOENT) => missing = true,
+                    Err(e) => return Err(self.resolve_error(e, prefix, entry)),
+                }
+            }
+            match rfs::mkdirat(&dir, component, Mode::from_raw_mode(0o700)) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => {
+                    let prefix = String::from_utf8_lossy(prefix);
+                    return Err(bad(entry, format_args!("{prefix:?} is a dangling symlink")));
+                }
+                Err(e) => return Err(self.io("unpack create directory", prefix, e)),
+            }
+            let fd = open_dir(dir.as_fd(), component)
+                .map_err(|e| self.io("unpack open directory", prefix, e))?;
+            self.init_implicit_dir(fd.as_fd(), prefix)?;
+            dir = fd;
+        }
+        Ok(dir)
+    }
+
+    /// Gives a directory the tar did not list the metadata of its lower counterpart,
+    /// or 0755 root:root.
+    fn init_implicit_dir(&mut self, fd: BorrowedFd<'_>, rel: &[u8]) -> Result<()> {
+        let Some(template) = self.lower_template(rel) else {
+            rfs::fchown(fd, Some(Uid::ROOT), Some(Gid::ROOT))
+                .map_err(|e| self.io("unpack set owner", rel, e))?;
+            return rfs::fchmod(fd, Mode::from_raw_mode(0o755))
+                .map_err(|e| self.io("unpack set mode", rel, e));
+        };
+        let meta = Meta {
+            mode: template.mode,
+            uid: template.uid,
+            gid: template.gid,
+            mtime: template.mtime,
+            xattrs: template.xattrs,
+        };
+        self.set_fd_meta(fd, &meta, rel)?;
+        self.dir_times.insert(rel.to_vec(), meta.mtime);
+        Ok(())
+    }
+
+    /// The metadata of directory `rel` as the parent layers show it: from the topmost layer
+    /// that has anything at `rel` (a whiteout or file there hides the lower ones).
+    fn lower_template(&mut self, rel: &[u8]) -> Option<Template> {
+        let parents = self.parents;
+        let lowers = self.lowers.get_or_insert_with(|| {
+            parents
+                .iter()
+                .map(|p| {
+                    rfs::open(
+                        p,
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .ok()
+                })
+                .collect()
+        });
+        let resolve =
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS;
+        for lower in lowers.iter().flatten() {
+            let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let found = match rfs::openat2(lower, rel, flags, Mode::empty(), resolve) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => continue,
+                Err(_) => return None,
+            };
+            let st = rfs::fstat(&found).ok().filter(is_dir)?;
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let xattrs = rfs::openat2(lower, rel, flags, Mode::empty(), resolve)
+                .map(|fd| read_xattrs(fd.as_fd()))
+                .unwrap_or_default();
+            return Some(Template {
+                mode: st.st_mode & 0o7777,
+                uid: Uid::from_raw(st.st_uid),
+                gid: Gid::from_raw(st.st_gid),
+                mtime: Timespec {
+                    // `st_mtime` is `i64` or `c_long` depending on the target.
+                    #[allow(clippy::useless_conversion)]
+                    tv_sec: st.st_mtime.try_into().unwrap_or(0),
+                    tv_nsec: st.st_mtime_nsec.try_into().unwrap_or(0),
+                },
+                xattrs,
+            });
+        }
+        None
+    }
+
+    /// Sets the directory mtimes, deepest first, once all their children are written.
+    fn finish(&mut self) -> Result<()> {
+        let mut dirs: Vec<(Vec<u8>, Timespec)> = self.dir_times.drain().collect();
+        dirs.sort_unstable_by(|a, b| depth(&b.0).cmp(&depth(&a.0)).then_with(|| a.0.cmp(&b.0)));
+        self.cache_fd = None;
+        for (name, mtime) in &dirs {
+            let times = timestamps(*mtime);
+            if name.is_empty() {
+                rfs::futimens(&self.root, &times)
+                    .map_err(|e| self.io("unpack set mtime", name, e))?;
+                continue;
+            }
+            let (parent, base) = split_last(name);
+            let dir = match self.cache_fd.take() {
+                Some(fd) if self.cache_key == parent => fd,
+                _ => match open_in_root(self.root.as_fd(), parent) {
+                    Ok(fd) => fd,
+                    // Replaced by a later entry.
+                    Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => continue,
+                    Err(e) => return Err(self.io("unpack open directory", parent, e)),
+                },
+            };
+            let still_dir =
+                rfs::statat(&dir, base, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| is_dir(&st));
+            if still_dir {
+                rfs::utimensat(&dir, base, &times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| self.io("unpack set mtime", name, e))?;
+            }
+            self.put_parent(parent, dir);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use tar::{Builder, Header};
+
+    const MTIME: u64 = 1_600_000_000;
+
+    /// A layer tar built in memory.
+    struct Layer(Builder<Vec<u8>>);
+
+    fn header(kind: EntryType, mode: u32, owner: (u64, u64), mtime: u64) -> Header {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(owner.0);
+        h.set_gid(owner.1);
+        h.set_mtime(mtime);
+        h.set_size(0);
+        h
+    }
+
+    impl Layer {
+        fn new() -> Self {
+            Layer(Builder::new(Vec::new()))
+        }
+        fn add(mut self, mut h: Header, path: &str, data: &[u8]) -> Self {
+            h.set_size(data.len() as u64);
+            self.0.append_data(&mut h, path, data).unwrap();
+            self
+        }
+        fn file(self, path: &str, data: &[u8]) -> Self {
+            self.add(header(EntryType::Regular, 0o644, (0, 0), MTIME), path, data)
+        }
+        fn dir(self, path: &str) -> Self {
+            self.add(
+                header(EntryType::Directory, 0o755, (0, 0), MTIME),
+                path,
+                b"",
+            )
+        }
+        fn link(mut self, kind: EntryType, path: &str, target: &str) -> Self {
+            let mut h = header(kind, 0o777, (0, 0), MTIME);
+            self.0.append_link(&mut h, path, target).unwrap();
+            self
+        }
+        fn node(self, kind: EntryType, path: &str, mode: u32, dev: (u32, u32)) -> Self {
+            let mut h = header(kind, mode, (0, 0), MTIME);
+            h.set_device_major(dev.0).unwrap();
+            h.set_device_minor(dev.1).unwrap();
+            self.add(h, path, b"")
+        }
+        fn pax(mut self, records: &[(&str, &[u8])]) -> Self {
+            self.0
+                .append_pax_extensions(records.iter().map(|(k, v)| (*k, *v)))
+                .unwrap();
+            self
+        }
+        /// An entry with a name and link name written verbatim (the builder refuses bad ones).
+        fn raw(mut self, kind: EntryType, name: &[u8], link: &[u8], data: &[u8]) -> Self {
+            let mut h = header(kind, 0o644, (0, 0), MTIME);
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            self.0.append(&h, data).unwrap();
+            self
+        }
+        fn finish(self) -> Vec<u8> {
+            self.0.into_inner().unwrap()
+        }
+    }
+
+    fn unpack(tar: &[u8], root: &Path) -> Result<UnpackStats> {
+        unpack_layer(tar, root, &[])
+    }
+
+    fn bad_content(result: Result<UnpackStats>, needle: &str) {
+        match result {
+            Err(Error::BadContent(m)) => assert!(m.contains(needle), "{m:?} lacks {needle:?}"),
+            other => panic!("expected BadContent({needle}), got {other:?}"),
+        }
+    }
+
+    fn meta(path: &Path) -> std::fs::Metadata {
+        std::fs::symlink_metadata(path).unwrap()
+    }
+
+    fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 1024];
+        let n = rfs::lgetxattr(path, name, &mut buf[..]).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    #[test]
+    fn unpack_regular_files_keep_contents_mode_owner_mtime() {
+        let root = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..3 * COPY_BUFFER + 17).map(|i| (i % 251) as u8).collect();
+        let tar = Layer::new()
+            .add(
+                header(EntryType::Regular, 0o4755, (0, 0), 1234),
+                "bin/su",
+                b"su",
+            )
+            .add(
+                header(EntryType::Regular, 0o2750, (1000, 2000), 5678),
+                "a/sgid",
+                b"x",
+            )
+            .add(
+                header(EntryType::Directory, 0o1777, (0, 0), 99),
+                "tmp/",
+                b"",
+            )
+            .file("big", &big)
+            .file("empty", b"")
+            .finish();
+        let stats = unpack(&tar, root.path()).unwrap();
+        assert_eq!(stats.entries, 5);
+        assert_eq!(stats.bytes, big.len() as u64 + 3);
+        let su = meta(&root.path().join("bin/su"));
+        assert_eq!(su.permissions().mode() & 0o7777, 0o4755);
+        assert_eq!(su.mtime(), 1234);
+        let sgid = meta(&root.path().join("a/sgid"));
+        assert_eq!(sgid.permissions().mode() & 0o7777, 0o2750);
+        assert_eq!((sgid.uid(), sgid.gid()), (1000, 2000));
+        assert_eq!(std::fs::read(root.path().join("a/sgid")).unwrap(), b"x");
+        let tmp = meta(&root.path().join("tmp"));
+        assert!(tmp.is_dir());
+        assert_eq!(tmp.permissions().mode() & 0o7777, 0o1777);
+        assert_eq!(tmp.mtime(), 99);
+        assert_eq!(std::fs::read(root.path().join("big")).unwrap(), big);
+        assert_eq!(meta(&root.path().join("empty")).len(), 0);
+    }
+
+    #[test]
+    fn unpack_directory_metadata_survives_children() {
+        let root = tempfile::tempdir().unwrap();
+        let tar = Layer::new()
+            .add(header(EntryType::Directory, 0o750, (5, 6), 1000), "d/", b"")
+            .add(
+                header(EntryType::Directory, 0o555, (0, 0), 2000),
+                "d/sub/",
+                b"",
+            )
+            .file("d/f", b"1")
+            .file("d/sub/g", b"2")
+            .dir("d/sub/deeper/")
+            .file("d/sub/deeper/h", b"3")
+            .finish();
+        unpack(&tar, root.path()).unwrap();
+        let d = meta(&root.path().join("d"));
+        assert_eq!((d.uid(), d.gid(), d.mtime()), (5, 6, 1000));
+        assert_eq!(d.permissions().mode() & 0o7777, 0o750);
+        let sub = meta(&root.path().join("d/sub"));
+        assert_eq!(
+            (sub.mtime(), sub.permissions().mode() & 0o7777),
+            (2000, 0o555)
+        );
+        assert_eq!(
+            meta(&root.path().join("d/sub/deeper")).mtime(),
+            MTIME as i64
+        );
+    }
+
+    #[test]
+    fn unpack_symlinks_kept_verbatim() {
+        let root = tempfile::tempdir().unwrap();
+        let mut h = header(EntryType::Symlink, 0o777, (7, 8), 4321);
+        let mut b = Builder::new(Vec::new());
+        b.append_link(&mut h, "var/run", "/run").unwrap();
+        let tar = Layer(b).link(EntryType::Symlink, "rel", "../x/y").finish();
+        unpack(&tar, root.path()).unwrap();
+        let run = root.path().join("var/run");
+        assert_eq!(std::fs::read_link(&run).unwrap(), Path::new("/run"));
+        let m = meta(&run);
+        assert!(m.file_type().is_symlink());
+        assert_eq!((m.uid(), m.gid(), m.mtime()), (7, 8, 4321));
+        let rel = std::fs::read_link(root.path().join("rel")).unwrap();
+        assert_eq!(rel, Path::new("../x/y"));
+    }
+
+    #[test]
+    fn unpack_hard_links_share_inode() {
+        let root = tempfile::tempdir().unwrap();
+        let tar = Layer::new()
+            .file("a/orig", b"data")
+            .link(EntryType::Symlink, "a/sym", "orig")
+            .link(EntryType::Link, "b/link", "a/orig")
+            .link(EntryType::Link, "./b/symlink", "./a/sym")
+            .link(EntryType::Link, "a/orig", "a/orig")
+            .finish();
+        unpack(&tar, root.path()).unwrap();
+        let orig = meta(&root.path().join("a/orig"));
+        let link = meta(&root.path().join("b/link"));
+        assert_eq!(orig.ino(), link.ino());
+        assert_eq!(orig.nlink(), 2);
+        let sym = meta(&root.path().join("b/symlink"));
+        assert!(sym.file_type().is_symlink());
+        assert_eq!(sym.ino(), meta(&root.path().join("a/sym")).ino());
+    }
+
+    #[test]
+    fn unpack_device_nodes_and_fifos() {
+        let root = tempfile::tempdir().unwrap();
+        let mut fifo = header(EntryType::Fifo, 0o620, (3, 4), 777);
+        fifo.set_device_major(0).unwrap();
+        fifo.set_device_minor(0).unwrap();
+        let tar = Layer::new()
+            .node(EntryType::Char, "dev/null", 0o666, (1, 3))
+            .node(EntryType::Block, "dev/loop0", 0o660, (7, 0))
+            .add(fifo, "run/fifo", b"")
+            .finish();
+        unpack(&tar, root.path()).unwrap();
+        let null = meta(&root.path().join("dev/null"));
+        assert!(null.file_type().is_char_device());
+        assert_eq!((rfs::major(null.rdev()), rfs::minor(null.rdev())), (1, 3));
+        assert_eq!(null.permissions().mode() & 0o7777, 0o666);
+        let lp = meta(&root.path().join("dev/loop0"));
+        assert!(lp.file_type().is_block_device());
+        assert_eq!((rfs::major(lp.rdev()), rfs::minor(lp.rdev())), (7, 0));
+        let f = meta(&root.path().join("run/fifo"));
+        assert!(f.file_type().is_fifo());
+        assert_eq!(f.permissions().mode() & 0o7777, 0o620);
+        assert_eq!((f.uid(), f.gid(), f.mtime()), (3, 4, 777));
+    }
+
+    #[test]
+    fn unpack_xattrs_from_pax_without_overlay_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let tar = Layer::new()
+            .pax(&[
+                ("SCHILY.xattr.user.color", b"blue"),
+                ("SCHILY.xattr.trusted.bin", b"\x00\x01\xff"),
+                ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+            ])
+            .add(
+                header(EntryType::Regular, 0o4755, (10, 10), MTIME),
+                "f",
+                b"x",
+            )
+            .pax(&[
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+                ("SCHILY.xattr.user.overlay.opaque", b"y"),
+                ("SCHILY.xattr.user.d", b"1"),
+            ])
+            .dir("d/")
+            .pax(&[("SCHILY.xattr.trusted.s", b"link")])
+            .link(EntryType::Symlink, "s", "f")
+            .pax(&[("SCHILY.xattr.trusted.p", b"pipe")])
+            .node(EntryType::Fifo, "p", 0o600, (0, 0))
+            .finish();
+        unpack(&tar, root.path()).unwrap();
+        let f = root.path().join("f");
+        assert_eq!(xattr(&f, "user.color").unwrap(), b"blue");
+        assert_eq!(xattr(&f, "trusted.bin").unwrap(), b"\x00\x01\xff");
+        assert_eq!(xattr(&f, "trusted.overlay.redirect"), None);
+        assert_eq!(meta(&f).permissions().mode() & 0o7777, 0o4755);
+        let d = root.path().join("d");
+        assert_eq!(xattr(&d, "user.d").unwrap(), b"1");
+        assert_eq!(xattr(&d, "trusted.overlay.opaque"), None);
+        assert_eq!(xattr(&d, "user.overlay.opaque"), None);
+        assert_eq!(xattr(&root.path().join("s"), "trusted.s").unwrap(), b"link");
+        assert_eq!(xattr(&root.path().join("p"), "trusted.p").unwrap(), b"pipe");
+    }
+
+    #[test]
+    fn unpack_long_names_prefixes_and_pax_times() {
+        let root = tempfile::tempdir().unwrap();
+        let gnu_long = format!("gnu/{}/file", "g".repeat(150));
+        let pax_long = format!("pax/{}/file", "p".repeat(200));
+        let long_target = format!("/{}", "t".repeat(150));
+        let tar = Layer::new()
+            .add(header(EntryType::Directory, 0o700, (0, 0), 5), "./", b"")
+            .file(&gnu_long, b"gnu")
+            .pax(&[("path", pax_long.as_bytes()), ("mtime", b"1700000000.25")])
+            .raw(EntryType::Regular, b"short-pax-name", b"", b"pax")
+            .link(EntryType::Symlink, "long-link", &long_target)
+            .file("./dot/file", b"dot")
+            .dir("trailing/")
+            .raw(EntryType::Regular, b"v7dir/", b"", b"")
+            .finish();
+        unpack(&tar, root.path()).unwrap();
+        assert_eq!(std::fs::read(root.path().join(&gnu_long)).unwrap(), b"gnu");
+        let pax = root.path().join(&pax_long);
+        assert_eq!(std::fs::read(&pax).unwrap(), b"pax");
+        assert_eq!(
+            (meta(&pax).mtime(), meta(&pax).mtime_nsec()),
+            (1_700_000_000, 250_000_000)
+        );
+        assert!(!root.path().join("short-pax-name").exists());
+        let target = std::fs::read_link(root.path().join("long-link")).unwrap();
+        assert_eq!(target, Path::new(&long_target));
+        assert_eq!(std::fs::read(root.path().join("dot/file")).unwrap(), b"dot");
+        assert!(meta(&root.path().join("trailing")).is_dir());
+        assert!(meta(&root.path().join("v7dir")).is_dir());
+        let r = meta(root.path());
+        assert_eq!((r.permissions().mode() & 0o7777, r.mtime()), (0o700, 5));
+    }
+
+    #[test]
+    fn unpack_pax_time_parsing() {
+        let t = |s: &str| parse_pax_time(s.as_bytes()).map(|t| (t.tv_sec, t.tv_nsec));
+        assert_eq!(t("12"), Some((12, 0)));
+        assert_eq!(t("12.5"), Some((12, 500_000_000)));
+        assert_eq!(t("12.1234567891"), Some((12, 123_456_789)));
+        assert_eq!(t("-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(t("x"), None);
+        assert_eq!(t("1.x"), None);
+    }
+
+    #[test]
+    fn unpack_whiteouts_become_char_devices() {
+        let root = tempfile::tempdir().unwrap();
+        let tar = Layer::new()
+            .file("a/x", b"lower in same layer")
+            .dir("a/tree/")
+            .file("a/tree/leaf", b"")
+            .file("a/.wh.x", b"")
+            .file("a/.wh.tree", b"")
+            .file("b/c/.wh.gone", b"")
+            .dir(".wh..wh.plnk/")
+            .file(".wh..wh.plnk/123.4", b"")
+            .file("a/.wh..wh.aufs", b"")
+            .finish();
+        let stats = unpack(&tar, root.path()).unwrap();
+        assert_eq!(stats.entries, 9);
+        for path in ["a/x", "a/tree", "b/c/gone"] {
+            let m = meta(&root.path().join(path));
+            assert!(m.file_type().is_char_device(), "{path}");
+            assert_eq!(m.rdev(), 0, "{path}");
+        }
+        let names = |p: &str| {
+            let mut v: Vec<_> = std::fs::read_dir(root.path().join(p))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("a"), ["tree", "x"]);
+        assert_eq!(names(""), ["a", "b"]);
+    }
+
+    #[test]
+    fn unpack_opaque_marker_sets_xattr() {
+        let root = tempfile::tempdir().unwrap();
+        let tar = Layer::new()
+            .dir("o/")
+            .file("o/.wh..wh..opq", b"")
+            .file("o/kept", b"")
+            .file("p/q/.wh..wh..opq", b"")
+            .finish();
+        unpack(&tar, root.path()).unwrap();
+        assert_eq!(
+            xattr(&root.path().join("o"), OVERLAY_OPAQUE_XATTR).unwrap(),
+            b"y"
+        );
+        assert_eq!(
+            xattr(&root.path().join("p/q"), OVERLAY_OPAQUE_XATTR).unwrap(),
+            b"y"
+        );
+        assert_eq!(xattr(&root.path().join("p"), OVERLAY_OPAQUE_XATTR), None);
+        assert!(root.path().join("o/kept").exists());
+        assert!(!root.path().join("o/.wh..wh..opq").exists());
+    }
+
+    #[test]
+    fn unpack_replaces_existing_entries() {
+        let root = tempfile::tempdir().unwrap();
+        let tar = Layer::new()
+            .dir("r/")
+            .file("r/child", b"c")
+            .add(header(EntryType::Directory, 0o700, (9, 9), 50), "r/", b"")
+            .dir("gone/")
+            .dir("gone/deep/")
+            .file("gone/deep/f", b"")
+            .file("gone", b"now a file")
+            .file("s", b"was a file")
+            .dir("s/")
+            .file("l", b"old")
+            .link(EntryType::Symlink, "l", "/etc/passwd")
+            .link(EntryType::Symlink, "m", "/etc/passwd")
+            .file("m", b"not through the link")
+            .finish();
+        unpack(&tar, root.path()).unwrap();
+        let r = meta(&root.path().join("r"));
+        assert_eq!(
+            (r.uid(), r.mtime(), r.permissions().mode() & 0o7777),
+            (9, 50, 0o700)
+        );
+        assert_eq!(std::fs::read(root.path().join("r/child")).unwrap(), b"c");
+        assert_eq!(
+            std::fs::read(root.path().join("gone")).unwrap(),
+            b"now a file"
+        );
+        assert!(meta(&root.path().join("s")).is_dir());
+        assert!(meta(&root.path().join("l")).file_type().is_symlink());
+        assert_eq!(
+            std::fs::read(root.path().join("m")).unwrap(),
+            b"not through the link"
+        );
+        assert!(meta(&root.path().join("m")).is_file());
+    }
+
+    #[test]
+    fn unpack_missing_parents_copy_lower_metadata() {
+        let base = tempfile::tempdir().unwrap();
+        let (top, bottom, root) = (
+            base.path().join("top"),
+            base.path().join("bottom"),
+            base.path().join("root"),
+        );
+        for d in [&top, &bottom, &root] {
+            std::fs::create_dir(d).unwrap();
+        }
+        // bottom: usr/lib 0750 3:4 with xattrs; w/ a directory hidden by a whiteout in top.
+        let lib = bottom.join("usr/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o750)).unwrap();
+        rustix::fs::chown(&lib, Some(Uid::from_raw(3)), Some(Gid::from_raw(4))).unwrap();
+        rfs::setxattr(&lib, "user.k", b"v", XattrFlags::empty()).unwrap();
+        rfs::setxattr(&lib, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty()).unwrap();
+        let t = Timespec {
+            tv_sec: 12345,
+            tv_nsec: 6,
+        };
+        rfs::utimensat(rfs::CWD, &lib, &timestamps(t), AtFlags::empty()).unwrap();
+        std::fs::create_dir(bottom.join("w")).unwrap();
+        std::fs::set_permissions(bottom.join("w"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        rfs::mknodat(
+            rfs::CWD,
+            top.join("w"),
+            FileType::CharacterDevice,
+            Mode::empty(),
+            0,
+        )
+        .unwrap();
+
+        let tar = Layer::new()
+            .file("usr/lib/x", b"")
+            .file("new/dir/f", b"")
+            .file("w/f", b"")
+            .finish();
+        unpack_layer(&tar[..], &root, &[top.clone(), bottom.clone()]).unwrap();
+        let m = meta(&root.join("usr/lib"));
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(
+            (m.uid(), m.gid(), m.mtime(), m.mtime_nsec()),
+            (3, 4, 12345, 6)
+        );
+        assert_eq!(xattr(&root.join("usr/lib"), "user.k").unwrap(), b"v");
+        assert_eq!(xattr(&root.join("usr/lib"), OVERLAY_OPAQUE_XATTR), None);
+        let usr = meta(&root.join("usr"));
+        assert_eq!(usr.mtime(), meta(&bottom.join("usr")).mtime());
+        for path in ["new", "new/dir", "w"] {
+            let m = meta(&root.join(path));
+            assert_eq!(m.permissions().mode() & 0o7777, 0o755, "{path}");
+            assert_eq!((m.uid(), m.gid()), (0, 0), "{path}");
+        }
+    }
+
+    #[test]
+    fn unpack_rejects_unsafe_names() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"../escape", "`..`"),
+            (b"a/../../escape", "`..`"),
+            (b"/abs", "absolute"),
+            (b"", "empty"),
+            (b"a/.wh...", "whiteout"),
+            (b".wh..", "whiteout"),
+        ];
+        for (name, why) in cases {
+            let base = tempfile::tempdir().unwrap();
+            let root = base.path().join("root");
+            std::fs::create_dir(&root).unwrap();
+            let tar = Layer::new()
+                .raw(EntryType::Regular, name, b"", b"x")
+                .finish();
+            bad_content(unpack(&tar, &root), why);
+            assert!(!base.path().join("escape").exists());
+        }
+        let root = tempfile::tempdir().unwrap();
+        let tar = Layer::new()
+            .raw(EntryType::Symlink, b"./", b"x", b"")
+            .finish();
+        bad_content(unpack(&tar, root.path()), "root must be a directory");
+    }
+
+    #[test]
+    fn unpack_symlink_to_outside_cannot_redirect() {
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().to_str().unwrap().to_owned();
+        let inner = target.trim_start_matches('/');
+
+        // The link's target mirrored inside the root: the write lands there.
+        let root = tempfile::tempdir().unwrap();
+        let tar = Layer::new()
+            .dir(&format!("{inner}/"))
+            .link(EntryType::Symlink, "evil", &target)
+            .file("evil/pwned", b"x")
+            .finish();
+        unpack(&tar, root.path()).unwrap();
+        assert!(root.path().join(inner).join("pwned").is_file());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+        // Not mirrored: refused.
+        let root = tempfile::tempdir().unwrap();
+        let tar = Layer::new()
+            .link(EntryType::Symlink, "evil", &target)
+            .file("evil/pwned", b"x")
+            .finish();
+        bad_content(unpack(&tar, root.path()), "dangling symlink");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+        // Deeper below a link to outside, and whiteouts / opaque markers through it.
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("victim"), b"keep").unwrap();
+        let tar = Layer::new()
+            .dir(&format!("{inner}/"))
+            .link(EntryType::Symlink, "evil", &target)
+            .file("evil/.wh.victim", b"")
+            .file("evil/.wh..wh..opq", b"")
+            .finish();
+        unpack(&tar, root.path()).unwrap();
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).unwrap(),
+            b"keep"
+        );
+        assert_eq!(xattr(outside.path(), OVERLAY_OPAQUE_XATTR), None);
+        assert!(meta(&root.path().join(inner).join("victim"))
+            .file_type()
+            .is_char_device());
+    }
+
+    #[test]
+    fn unpack_symlink_up_stays_in_root() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("a/b/root");
+        std::fs::create_dir_all(&root).unwrap();
+        let tar = Layer::new()
+            .link(EntryType::Symlink, "up", "../../..")
+            .file("up/pwned", b"x")
+            .link(EntryType::Symlink, "dir/up2", "../../../../..")
+            .file("dir/up2/pwned2", b"y")
+            .finish();
+        unpack(&tar, &root).unwrap();
+        assert_eq!(std::fs::read(root.join("pwned")).unwrap(), b"x");
+        assert_eq!(std::fs::read(root.join("pwned2")).unwrap(), b"y");
+        for dir in ["", "a", "a/b"] {
+            assert!(!base.path().join(dir).join("pwned").exists());
+            assert!(!base.path().join(dir).join("pwned2").exists());
+        }
+        assert!(std::fs::read_link(root.join("up")).is_ok());
+    }
+
+    #[test]
+    fn unpack_rejects_hard_link_escapes() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"/etc/passwd", "absolute"),
+            (b"../x", "`..`"),
+            (b"missing", "not in the layer"),
+            (b"dir", "directory"),
+            (b"lnk/passwd", "not in the layer"),
+        ];
+        for (target, why) in cases {
+            let root = tempfile::tempdir().unwrap();
+            let tar = Layer::new()
+                .dir("dir/")
+                .link(EntryType::Symlink, "lnk", "/etc")
+                .raw(EntryType::Link, b"h", target, b"")
+                .finish();
+            bad_content(unpack(&tar, root.path()), why);
+            assert!(!root.path().join("h").exists());
+        }
+    }
+
+    /// Yields `data`, then fails with `err` (or succeeds with EOF if `None`).
+    struct Failing {
+        data: std::io::Cursor<Vec<u8>>,
+        err: Option<Box<dyn Fn() -> io::Error>>,
+    }
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.data.read(buf)? {
+                0 if !buf.is_empty() => self.err.as_ref().map_or(Ok(0), |e| Err(e())),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn unpack_reader_errors_surface() {
+        let tar = Layer::new()
+            .file("a", &[7u8; 5000])
+            .file("b", b"b")
+            .finish();
+        let failing = |cut: usize, err: Box<dyn Fn() -> io::Error>| Failing {
+            data: std::io::Cursor::new(tar[..cut].to_vec()),
+            err: Some(err),
+        };
+        let mismatch = || -> Box<dyn Fn() -> io::Error> {
+            Box::new(|| io::Error::other(Error::BadContent("digest mismatch".into())))
+        };
+        // Mid data, mid header, and after the end-of-archive marker (drained).
+        for cut in [1000, 512 * 11 + 100, tar.len()] {
+            let root = tempfile::tempdir().unwrap();
+            bad_content(
+                unpack_layer(failing(cut, mismatch()), root.path(), &[]),
+                "digest mismatch",
+            );
+        }
+        let root = tempfile::tempdir().unwrap();
+        let reset = Box::new(|| io::Error::from(io::ErrorKind::ConnectionReset));
+        match unpack_layer(failing(1000, reset), root.path(), &[]) {
+            Err(Error::Io { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::ConnectionReset)
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unpack_truncated_layers_fail() {
+        let tar = Layer::new()
+            .file("a", &[7u8; 5000])
+            .file("b", b"b")
+            .finish();
+        // Mid data of a, mid the header of b, mid data padding.
+        for cut in [512 + 100, 512 * 11 + 100, 512 * 12 + 1] {
+            let root = tempfile::tempdir().unwrap();
+            bad_content(unpack(&tar[..cut], root.path()), "truncated");
+        }
+        // Not a tar at all.
+        let root = tempfile::tempdir().unwrap();
+        bad_content(unpack(&[1u8; 1024], root.path()), "malformed");
+        // A missing end-of-archive marker is tolerated, as by other runtimes.
+        let root = tempfile::tempdir().unwrap();
+        let stats = unpack(&tar[..512 * 13], root.path()).unwrap();
+        assert_eq!(stats.entries, 2);
+    }
+
+    /// Unmounts on drop.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+
+    fn mount(fs: &str, target: &Path, options: &str) -> Mounted {
+        let options = CString::new(options).unwrap();
+        rustix::mount::mount(
+            fs,
+            target,
+            fs,
+            rustix::mount::MountFlags::empty(),
+            &*options,
+        )
+        .unwrap();
+        Mounted(target.to_owned())
+    }
+
+    #[test]
+    fn unpack_full_filesystem_is_resource_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        let _mounted = mount("tmpfs", dir.path(), "size=256k");
+        let tar = Layer::new().file("big", &vec![1u8; 2 << 20]).finish();
+        match unpack(&tar, dir.path()) {
+            Err(Error::ResourceExhausted(m)) => assert!(m.contains("big"), "{m}"),
+            other => panic!("expected ResourceExhausted, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unpack_overlay_mount_shows_merged_view() {
+        let base = tempfile::tempdir().unwrap();
+        let dirs = ["lower", "upper", "work", "merged"].map(|d| base.path().join(d));
+        for d in &dirs {
+            std::fs::create_dir(d).unwrap();
+        }
+        let [lower, upper, work, merged] = &dirs;
+        let layer1 = Layer::new()
+            .add(header(EntryType::Directory, 0o750, (0, 0), 1), "a/", b"")
+            .file("a/keep", b"keep")
+            .file("a/gone", b"gone")
+            .dir("opq/")
+            .file("opq/lower1", b"")
+            .file("opq/lower2", b"")
+            .dir("replaced/")
+            .file("replaced/old", b"")
+            .finish();
+        unpack_layer(&layer1[..], lower, &[]).unwrap();
+        let layer2 = Layer::new()
+            .file("a/.wh.gone", b"")
+            .dir("opq/")
+            .file("opq/.wh..wh..opq", b"")
+            .file("opq/new", b"new")
+            .file("hl/orig", b"shared")
+            .link(EntryType::Link, "hl/link", "hl/orig")
+            .node(EntryType::Char, "dev/null", 0o666, (1, 3))
+            .file(".wh.replaced", b"")
+            .file("replaced", b"now a file")
+            .finish();
+        unpack_layer(&layer2[..], upper, std::slice::from_ref(lower)).unwrap();
+        // The implicit upper "a" copied the lower one's mode.
+        assert_eq!(meta(&upper.join("a")).permissions().mode() & 0o7777, 0o750);
+
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let _mounted = mount("overlay", merged, &options);
+        assert_eq!(std::fs::read(merged.join("a/keep")).unwrap(), b"keep");
+        assert!(!merged.join("a/gone").exists());
+        let mut opq: Vec<_> = std::fs::read_dir(merged.join("opq"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        opq.sort();
+        assert_eq!(opq, ["new"]);
+        let (orig, link) = (meta(&merged.join("hl/orig")), meta(&merged.join("hl/link")));
+        assert_eq!(orig.ino(), link.ino());
+        assert_eq!(std::fs::read(merged.join("hl/link")).unwrap(), b"shared");
+        let null = meta(&merged.join("dev/null"));
+        assert!(null.file_type().is_char_device());
+        assert_eq!((rfs::major(null.rdev()), rfs::minor(null.rdev())), (1, 3));
+        assert_eq!(
+            std::fs::read(merged.join("replaced")).unwrap(),
+            b"now a file"
+        );
+    }
+
+    /// Throughput check: `cargo test --release -p cairn-snapshotter --lib unpack_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn unpack_speed() {
+        let mut layer = Layer::new();
+        let chunk: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        for d in 0..100 {
+            layer = layer.dir(&format!("d{d}/"));
+            for f in 0..20 {
+                layer = layer.file(&format!("d{d}/f{f}"), &chunk);
+            }
+        }
+        let mut small = Layer::new();
+        for d in 0..200 {
+            small = small.dir(&format!("s{d}/"));
+            for f in 0..100 {
+                small = small.file(&format!("s{d}/f{f}"), &chunk[..1000]);
+            }
+        }
+        for tar in [layer.finish(), small.finish()] {
+            let root = tempfile::tempdir_in("/var/tmp").unwrap();
+            let start = std::time::Instant::now();
+            let stats = unpack(&tar, root.path()).unwrap();
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{} entries, {} MB in {secs:.2}s: {:.0} MB/s, {:.0} entries/s",
+                stats.entries,
+                stats.bytes / 1_000_000,
+                stats.bytes as f64 / 1e6 / secs,
+                stats.entries as f64 / secs
+            );
+        }
+    }
+}
