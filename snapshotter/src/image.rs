@@ -175,6 +175,11 @@ impl ImageService {
         &self.store
     }
 
+    /// The metadata store, shared with the runtime side for pod and container records.
+    pub fn metadata(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// Unpacks layers under the GC guard (for import).
     pub(crate) async fn unpack_layers_locked(
         &self,
@@ -805,6 +810,8 @@ async fn fetch_and_unpack(
     Ok(temp)
 }
 
+/// A failed chunk of a blob download: oci-client's own digest check says the content is
+/// bad, anything else means the registry could not deliver it.
 fn stream_error(e: std::io::Error, spec: &LayerSpec) -> Error {
     let digest_problem = e
         .get_ref()

@@ -1,6 +1,10 @@
 //! One layer's trip from compressed bytes to an unpacked directory: digest check →
 //! decompress (gzip, zstd, none) → diff-ID check → unpack, in a single streaming pass
 //! with no temporary copy of the layer on disk.
+//!
+//! Every failure on the reading side travels through `std::io::Read` as an
+//! `io::Error::other(crate::Error)`, which the unpacker hands back unchanged, so a
+//! registry that goes away stays `Unavailable` and corrupt data stays `BadContent`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -39,13 +43,16 @@ pub fn apply_layer<R: Read>(
                     .map_err(|e| bad(spec, format!("zstd: {e}")))?,
             ),
         };
-        let mut inner = HashingReader::new(decoder);
-        let stats = unpack_layer(&mut inner, target, parents).map_err(|e| refine(e, spec))?;
-        // The tar's end-of-archive padding and anything after it still counts for the diff ID.
-        let (diff, _) = inner.finish().map_err(|e| read_error(e, spec))?;
+        let mut inner = HashingReader::new(Typed {
+            inner: decoder,
+            spec,
+        });
+        let stats = unpack_layer(&mut inner, target, parents).map_err(|e| name_layer(e, spec))?;
+        // The unpacker reads to the end, so the diff ID covers the whole tar.
+        let (diff, _) = inner.finish().map_err(|e| typed(e, spec))?;
         (stats, diff)
     };
-    let (digest, size) = outer.finish().map_err(|e| read_error(e, spec))?;
+    let (digest, size) = outer.finish().map_err(|e| typed(e, spec))?;
     if digest != spec.digest {
         return Err(bad(
             spec,
@@ -67,15 +74,27 @@ pub fn apply_layer<R: Read>(
     Ok(stats)
 }
 
+/// Makes sure an error names the layer it happened in.
+fn name_layer(e: Error, spec: &LayerSpec) -> Error {
+    let digest = spec.digest.to_string();
+    if e.to_string().contains(&digest) {
+        return e;
+    }
+    e.context(format!("layer {digest}"))
+}
+
 fn bad(spec: &LayerSpec, msg: String) -> Error {
     Error::BadContent(format!("layer {}: {msg}", spec.digest))
 }
 
-/// An error while reading: the stream's own error (registry gone, digest) when it has one,
-/// a truncated or corrupt layer otherwise.
-fn read_error(e: std::io::Error, spec: &LayerSpec) -> Error {
-    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<StreamError>()) {
-        return inner.0.clone_kind(spec);
+/// The typed error inside an I/O error, or what a raw one means for a layer: a short read
+/// is a truncated layer, anything else a corrupt one.
+fn typed(e: std::io::Error, spec: &LayerSpec) -> Error {
+    if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+        if let Some(Ok(inner)) = e.into_inner().map(|i| i.downcast::<Error>()) {
+            return *inner;
+        }
+        return bad(spec, "unreadable layer".into());
     }
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof => bad(spec, "truncated layer".into()),
@@ -83,45 +102,22 @@ fn read_error(e: std::io::Error, spec: &LayerSpec) -> Error {
     }
 }
 
-/// Unpack errors caused by the reader are reported as the reader's error.
-fn refine(e: Error, spec: &LayerSpec) -> Error {
-    match e {
-        Error::Io { source, .. }
-            if source
-                .get_ref()
-                .is_some_and(|i| i.downcast_ref::<StreamError>().is_some()) =>
-        {
-            read_error(source, spec)
-        }
-        other => other,
+/// Gives every error from the decompressing side a type the unpacker passes through.
+struct Typed<'a, R> {
+    inner: R,
+    spec: &'a LayerSpec,
+}
+
+impl<R: Read> Read for Typed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| std::io::Error::other(typed(e, self.spec)))
     }
 }
 
-/// An error from the network side of a stream, carried through `std::io::Read`.
-#[derive(Debug)]
-pub struct StreamError(pub Error);
-
-impl std::fmt::Display for StreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for StreamError {}
-
-impl Error {
-    fn clone_kind(&self, spec: &LayerSpec) -> Error {
-        let msg = format!("layer {}: {self}", spec.digest);
-        match self {
-            Error::BadContent(_) => Error::BadContent(msg),
-            Error::NotFound(_) => Error::NotFound(msg),
-            Error::Unauthenticated(_) => Error::Unauthenticated(msg),
-            _ => Error::Unavailable(msg),
-        }
-    }
-}
-
-/// A blocking reader over chunks sent from an async task.
+/// A blocking reader over chunks sent from an async task; a chunk that is an error
+/// ends the stream with that error.
 pub struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, Error>>,
     current: Bytes,
@@ -148,7 +144,7 @@ impl Read for ChannelReader {
                 Some(Ok(b)) => self.current = b,
                 Some(Err(e)) => {
                     self.done = true;
-                    return Err(std::io::Error::other(StreamError(e)));
+                    return Err(std::io::Error::other(e));
                 }
                 None => self.done = true,
             }
@@ -157,5 +153,93 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         bytes::Buf::advance(&mut self.current, n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn layer_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("hello").unwrap();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        h.set_cksum();
+        b.append(&h, &b"hello"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn spec_for(compressed: &[u8], tar: &[u8], c: Compression) -> LayerSpec {
+        LayerSpec {
+            digest: Digest::of(compressed),
+            size: compressed.len() as u64,
+            compression: c,
+            diff_id: Digest::of(tar),
+        }
+    }
+
+    #[test]
+    fn good_layers_unpack_in_every_compression() {
+        let tar = layer_tar();
+        let zst = zstd::encode_all(&tar[..], 3).unwrap();
+        for (data, c) in [
+            (tar.clone(), Compression::None),
+            (gzip(&tar), Compression::Gzip),
+            (zst, Compression::Zstd),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let spec = spec_for(&data, &tar, c);
+            apply_layer(&data[..], &spec, dir.path(), &[]).unwrap();
+            assert_eq!(std::fs::read(dir.path().join("hello")).unwrap(), b"hello");
+        }
+    }
+
+    #[test]
+    fn corrupt_truncated_and_mismatched_layers_are_bad_content() {
+        let tar = layer_tar();
+        let gz = gzip(&tar);
+        let spec = spec_for(&gz, &tar, Compression::Gzip);
+        let mut flipped = gz.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0xff;
+        let truncated = &gz[..gz.len() / 2];
+        for data in [&flipped[..], truncated] {
+            let dir = tempfile::tempdir().unwrap();
+            let err = apply_layer(data, &spec, dir.path(), &[]).unwrap_err();
+            assert!(matches!(err, Error::BadContent(_)), "{err:?}");
+            assert!(err.to_string().contains(&spec.digest.to_string()));
+        }
+        let mut wrong_diff = spec.clone();
+        wrong_diff.diff_id = Digest::of(b"other");
+        let dir = tempfile::tempdir().unwrap();
+        let err = apply_layer(&gz[..], &wrong_diff, dir.path(), &[]).unwrap_err();
+        assert!(err.to_string().contains("diff ID mismatch"), "{err}");
+    }
+
+    #[test]
+    fn stream_errors_keep_their_kind() {
+        let tar = layer_tar();
+        let spec = spec_for(&tar, &tar, Compression::None);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.try_send(Ok(Bytes::copy_from_slice(&tar[..100])))
+            .unwrap();
+        tx.try_send(Err(Error::Unavailable("registry went away".into())))
+            .unwrap();
+        drop(tx);
+        let dir = tempfile::tempdir().unwrap();
+        let err = apply_layer(ChannelReader::new(rx), &spec, dir.path(), &[]).unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     }
 }

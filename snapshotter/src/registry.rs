@@ -51,7 +51,7 @@ impl Default for RegistrySettings {
 }
 
 /// Credentials for one pull, from CRI's `AuthConfig`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum Credentials {
     #[default]
     Anonymous,
@@ -60,7 +60,27 @@ pub enum Credentials {
     Bearer(String),
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous => write!(f, "Anonymous"),
+            Credentials::Basic(u, _) => write!(f, "Basic({u}, <redacted>)"),
+            Credentials::Bearer(_) => write!(f, "Bearer(<redacted>)"),
+        }
+    }
+}
+
 impl Credentials {
+    /// A fingerprint that tells credentials apart without keeping them readable.
+    fn fingerprint(&self) -> String {
+        let text = match self {
+            Credentials::Anonymous => String::new(),
+            Credentials::Basic(u, p) => format!("basic\0{u}\0{p}"),
+            Credentials::Bearer(t) => format!("bearer\0{t}"),
+        };
+        Digest::of(text.as_bytes()).hex().to_string()
+    }
+
     fn to_auth(&self) -> RegistryAuth {
         match self {
             Credentials::Anonymous => RegistryAuth::Anonymous,
@@ -68,6 +88,14 @@ impl Credentials {
             Credentials::Bearer(t) => RegistryAuth::Bearer(t.clone()),
         }
     }
+}
+
+/// How one registry (and its mirrors) is reached, and as whom.
+struct Access {
+    insecure: bool,
+    ca_pem: Option<Vec<u8>>,
+    /// Fingerprint of the credentials.
+    who: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,11 +152,15 @@ pub struct FetchedManifest {
 /// A blob's byte stream, not yet verified.
 pub type BlobStream = BoxStream<'static, std::io::Result<Bytes>>;
 
+/// (host, scheme, is a mirror, credentials fingerprint).
+type ClientKey = (String, Scheme, bool, String);
+
 /// All registries of the node: endpoint resolution and one HTTP client per endpoint,
 /// kept so that connections and bearer tokens are reused across pulls.
 pub struct Registries {
     settings: RegistrySettings,
-    clients: Mutex<HashMap<(String, Scheme, bool), Arc<oci_client::Client>>>,
+    /// Keyed by credentials too: oci-client keeps the first credentials it saw for a host.
+    clients: Mutex<HashMap<ClientKey, Arc<oci_client::Client>>>,
 }
 
 impl Registries {
@@ -147,23 +179,21 @@ impl Registries {
 
     /// The endpoints to try for `domain`, in order: its mirrors, then itself (over HTTPS,
     /// then plain HTTP if the registry is insecure).
-    pub fn endpoints(&self, domain: &str) -> Result<Vec<Endpoint>> {
+    pub fn endpoints(&self, domain: &str, credentials: &Credentials) -> Result<Vec<Endpoint>> {
         let host = self.settings.hosts.get(domain).cloned().unwrap_or_default();
-        let insecure = host.insecure || (self.settings.insecure_localhost && is_local(domain));
+        let access = Access {
+            insecure: host.insecure || (self.settings.insecure_localhost && is_local(domain)),
+            ca_pem: host.ca_pem.clone(),
+            who: credentials.fingerprint(),
+        };
         let mut out = Vec::new();
         for mirror in &host.mirrors {
             let (scheme, mhost) = split_url(mirror)?;
-            out.push(self.endpoint(&mhost, scheme, true, insecure, host.ca_pem.as_deref())?);
+            out.push(self.endpoint(&mhost, scheme, true, &access)?);
         }
-        out.push(self.endpoint(
-            domain,
-            Scheme::Https,
-            false,
-            insecure,
-            host.ca_pem.as_deref(),
-        )?);
-        if insecure {
-            out.push(self.endpoint(domain, Scheme::Http, false, insecure, None)?);
+        out.push(self.endpoint(domain, Scheme::Https, false, &access)?);
+        if access.insecure {
+            out.push(self.endpoint(domain, Scheme::Http, false, &access)?);
         }
         Ok(out)
     }
@@ -173,17 +203,16 @@ impl Registries {
         host: &str,
         scheme: Scheme,
         mirror: bool,
-        insecure: bool,
-        ca_pem: Option<&[u8]>,
+        access: &Access,
     ) -> Result<Endpoint> {
-        let key = (host.to_string(), scheme, mirror);
+        let key = (host.to_string(), scheme, mirror, access.who.clone());
         let mut clients = self
             .clients
             .lock()
             .map_err(|_| Error::Internal("registry client cache poisoned".into()))?;
         let client = clients
             .entry(key)
-            .or_insert_with(|| Arc::new(self.make_client(scheme, insecure, ca_pem)))
+            .or_insert_with(|| Arc::new(self.make_client(scheme, access)))
             .clone();
         Ok(Endpoint {
             host: host.to_string(),
@@ -193,19 +222,16 @@ impl Registries {
         })
     }
 
-    fn make_client(
-        &self,
-        scheme: Scheme,
-        insecure: bool,
-        ca_pem: Option<&[u8]>,
-    ) -> oci_client::Client {
+    fn make_client(&self, scheme: Scheme, access: &Access) -> oci_client::Client {
         let config = ClientConfig {
             protocol: match scheme {
                 Scheme::Http => ClientProtocol::Http,
                 Scheme::Https => ClientProtocol::Https,
             },
-            accept_invalid_certificates: insecure,
-            extra_root_certificates: ca_pem
+            accept_invalid_certificates: access.insecure,
+            extra_root_certificates: access
+                .ca_pem
+                .as_ref()
                 .map(|pem| {
                     vec![Certificate {
                         encoding: CertificateEncoding::Pem,
@@ -229,7 +255,7 @@ impl Registries {
         reference: &Reference,
         credentials: &Credentials,
     ) -> Result<FetchedManifest> {
-        let endpoints = self.endpoints(reference.domain())?;
+        let endpoints = self.endpoints(reference.domain(), credentials)?;
         let mut last = None;
         for ep in endpoints {
             match fetch_manifest_at(&ep, reference, None, credentials).await {
@@ -455,7 +481,7 @@ mod tests {
         );
         let r = Registries::new(settings);
         let eps: Vec<String> = r
-            .endpoints("docker.io")
+            .endpoints("docker.io", &Credentials::Anonymous)
             .unwrap()
             .iter()
             .map(|e| e.url())
@@ -469,7 +495,7 @@ mod tests {
             ]
         );
         let eps: Vec<String> = r
-            .endpoints("127.0.0.1:9")
+            .endpoints("127.0.0.1:9", &Credentials::Anonymous)
             .unwrap()
             .iter()
             .map(|e| e.url())

@@ -357,8 +357,8 @@ pub fn mount_overlay(m: &OverlayMount, target: &Path, readonly: bool) -> Result<
     }
     match mount_with_fsconfig(m, target, readonly) {
         Ok(()) => Ok(()),
+        // No logging here: the launcher calls this in a forked child.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) => {
-            tracing::debug!(error = %e, "fsconfig lowerdir+ unavailable, using mount(2)");
             mount_legacy(m, target, readonly)
         }
         Err(e) => Err(Error::io("mounting overlay at", target, e)),

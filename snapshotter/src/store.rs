@@ -287,6 +287,70 @@ impl Store {
     }
 }
 
+/// Generic JSON records for the runtime side (pods, containers), in tables of their own.
+impl Store {
+    pub fn put_record<T: Serialize>(
+        &self,
+        table: &'static str,
+        key: &str,
+        value: &T,
+    ) -> Result<()> {
+        let def: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(def)?;
+            t.insert(key, encode(value)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get_record<T: DeserializeOwned>(
+        &self,
+        table: &'static str,
+        key: &str,
+    ) -> Result<Option<T>> {
+        let def: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
+        let tx = self.db.begin_read()?;
+        let t = match tx.open_table(def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match t.get(key)? {
+            Some(v) => Ok(Some(decode(key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_records<T: DeserializeOwned>(&self, table: &'static str) -> Result<Vec<T>> {
+        let def: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
+        let tx = self.db.begin_read()?;
+        let t = match tx.open_table(def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn delete_record(&self, table: &'static str, key: &str) -> Result<()> {
+        let def: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(def)?;
+            t.remove(key)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
