@@ -1,0 +1,18 @@
+//! Integration-test harness for cairn.
+//!
+//! * [`registry`]: a private `docker-registry` per test (plain, TLS, htpasswd), with an
+//!   access-log reader to count requests.
+//! * [`image`]: test images built in Rust as OCI image layouts (busybox-based layers,
+//!   whiteouts, xattrs, devices, zstd/gzip/uncompressed, OCI or Docker media types,
+//!   multi-platform indexes) and pushed with `skopeo copy`.
+//! * [`daemon`]: runs `cairnd` on private dirs and connects CRI/control clients to its socket.
+//! * [`util`]: free ports and process helpers.
+
+pub mod daemon;
+pub mod image;
+pub mod registry;
+pub mod util;
+
+pub use daemon::Cairnd;
+pub use registry::{Registry, RegistryOptions};
+pub use util::free_port;
