@@ -1,0 +1,403 @@
+//! cairn's built-in OCI launcher: what runc or crun do, as a library called inside the
+//! pod's shim, so that nothing on the container-start path execs another program except
+//! the container's own process at the very end.
+//!
+//! [`create`] prepares everything it can in the shim (C strings, opened namespace and
+//! cgroup files, parsed mount options: module `plan`), then forks. The middle child joins
+//! the cgroups and the namespaces that have a path, creates the others (`unshare`) and
+//! forks the container process, sends its pid to the shim and exits; the shim, a child
+//! subreaper, adopts the container process. That process (pid 1 of its new pid namespace,
+//! or a member of the pod's) mounts its rootfs and the spec's mounts, creates /dev,
+//! `pivot_root`s, masks paths, switches user and capabilities, looks the executable up,
+//! says "ready" and blocks before `execve` until [`Created::start`] (module `child`).
+//!
+//! Two close-on-exec pipes connect them. The shim writes one byte on the *start* pipe to
+//! release the process. The children write short records on the *report* pipe: the pid,
+//! "ready", or an error message; after start, end of file means `execve` succeeded (the
+//! pipe closed on exec) and a message means it failed.
+//!
+//! Requirements on the caller: it must be a child subreaper (`PR_SET_CHILD_SUBREAPER`) so
+//! that container processes become its children; it reaps them (the launcher reaps only
+//! the middle children, and the container process when `create` fails). It may be
+//! multi-threaded: children are made with glibc's `fork()`, never log and only use
+//! async-signal-safe calls plus malloc. The calls block (a few milliseconds): call them
+//! from a blocking thread, not an async task.
+
+mod child;
+mod plan;
+mod sys;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use cairn_snapshotter::snapshot::OverlayMount;
+use libc::pid_t;
+
+use child::{ChildIo, ChildStdio, Middle, MAX_MESSAGE, TAG_ERROR, TAG_PID, TAG_READY};
+
+/// Why a container could not be created, started or exec'd. The messages are meant for
+/// CRI status messages: they name the spec field, path or command at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The spec asks for something impossible or lacks a required part.
+    #[error("invalid container spec: {0}")]
+    InvalidSpec(String),
+    /// The spec asks for something this launcher does not do (yet).
+    #[error("not supported by cairn's built-in launcher: {0}")]
+    Unsupported(String),
+    /// A host-side step failed before or while creating the process.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting the container (or exec'd) process up failed inside its namespaces; the
+    /// process has exited.
+    #[error("container setup failed: {0}")]
+    Setup(String),
+    /// The command could not be executed (e.g. `exec: "nosuch": executable file not found
+    /// in $PATH`); the process has exited.
+    #[error("{0}")]
+    Exec(String),
+    /// The container process died during setup without saying why (e.g. it was killed).
+    #[error("container process died during setup ({0})")]
+    Died(String),
+    /// `start()` found the container process already gone.
+    #[error("container process {0} exited before it was started")]
+    NotRunning(i32),
+    /// The caller is not a child subreaper, so it could not adopt the container process.
+    #[error("the launcher's caller must be a child subreaper (PR_SET_CHILD_SUBREAPER)")]
+    NotSubreaper,
+}
+
+fn io_error(context: impl Into<String>, source: std::io::Error) -> LaunchError {
+    LaunchError::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+/// The container process's standard streams.
+#[derive(Debug)]
+pub enum Stdio {
+    /// Descriptors to put on 0, 1 and 2 (stdin: /dev/null when None). They are closed in
+    /// the caller once the process has them.
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    /// A new pseudo-terminal: the process gets the slave as its controlling terminal and
+    /// stdio (and on /dev/console); [`Created::pty_master`] holds the master.
+    Terminal,
+}
+
+/// What [`create`] needs.
+pub struct CreateOptions<'a> {
+    pub spec: &'a oci_spec::runtime::Spec,
+    /// Overlay to mount at spec.root.path inside the container's mount namespace (None:
+    /// spec.root.path is already a ready rootfs dir, used by tests and external bundles).
+    pub overlay: Option<&'a OverlayMount>,
+    /// Cgroup directories (one per v1 hierarchy, or the single v2 dir) whose cgroup.procs
+    /// the process joins before it runs anything.
+    pub cgroup_procs: Vec<PathBuf>,
+    pub stdio: Stdio,
+    /// oom_score_adj to set (already clamped by the caller); None: spec.process's, if any.
+    pub oom_score_adj: Option<i32>,
+}
+
+/// A process set up and blocked just before `execve`.
+///
+/// Dropping it without [`start`](Created::start) makes the process exit (status 1)
+/// without running anything; the caller still reaps it.
+#[derive(Debug)]
+pub struct Created {
+    /// Host pid; a child of the caller (adopted as subreaper).
+    pub pid: i32,
+    /// The terminal's master side with [`Stdio::Terminal`]. Take it before `start()`,
+    /// which consumes `self`.
+    pub pty_master: Option<OwnedFd>,
+    start: OwnedFd,
+    report: BufReader<File>,
+}
+
+/// Sets the container up and leaves it blocked just before execve; returns its host pid.
+///
+/// On error nothing is left behind: the processes made are reaped and the mounts lived in
+/// the container's own mount namespace, gone with it.
+pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
+    ensure_subreaper()?;
+    let plan = plan::container(
+        opts.spec,
+        opts.overlay,
+        &opts.cgroup_procs,
+        opts.oom_score_adj,
+    )?;
+    let console = opts.spec.process().as_ref().and_then(|p| p.console_size());
+    let (stdio, pty_master) = prepare_stdio(opts.stdio, console)?;
+    launch(Middle::Create(&plan), plan.fds(), stdio, pty_master)
+}
+
+/// Runs `process` inside the running container whose init is `target_pid`: joins its ipc,
+/// uts, net, pid and mount namespaces (and its cgroup namespace if it differs from ours)
+/// and `cgroup_procs`, sets user, groups, capabilities, no_new_privs, cwd and env.
+///
+/// Like [`create`], it returns the process (a child of the caller) blocked before
+/// `execve`: call [`Created::start`] right away. The split lets the caller record the pid
+/// with its reaper before the process can exit.
+pub fn exec(
+    target_pid: i32,
+    process: &oci_spec::runtime::Process,
+    cgroup_procs: &[PathBuf],
+    stdio: Stdio,
+) -> Result<Created, LaunchError> {
+    ensure_subreaper()?;
+    let plan = plan::exec(target_pid, process, cgroup_procs)?;
+    let (stdio, pty_master) = prepare_stdio(stdio, process.console_size())?;
+    launch(Middle::Exec(&plan), plan.fds(), stdio, pty_master)
+}
+
+impl Created {
+    /// Releases the process into execve. If the command cannot be executed (not found in
+    /// the container's PATH, not executable), returns [`LaunchError::Exec`] naming it, e.g.
+    /// `exec: "nosuch": executable file not found in $PATH`, and the process has exited
+    /// (not reaped: the caller's reaper gets its status).
+    pub fn start(self) -> Result<(), LaunchError> {
+        let Created {
+            pid,
+            start,
+            mut report,
+            ..
+        } = self;
+        if let Err(e) = sys::write_all(start.as_raw_fd(), &[1]) {
+            if e.raw_os_error() == Some(libc::EPIPE) {
+                return Err(LaunchError::NotRunning(pid));
+            }
+            return Err(io_error(format!("starting container process {pid}"), e));
+        }
+        match recv(&mut report) {
+            Ok(None) => Ok(()),
+            Ok(Some((_, msg))) => {
+                sys::wait_exited(pid);
+                Err(LaunchError::Exec(
+                    String::from_utf8_lossy(&msg).into_owned(),
+                ))
+            }
+            Err(e) => Err(io_error(
+                format!("reading the start result of container process {pid}"),
+                e,
+            )),
+        }
+    }
+}
+
+fn ensure_subreaper() -> Result<(), LaunchError> {
+    let mut flag: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER stores an int at the pointer.
+    let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut libc::c_int) };
+    // SAFETY: getpid cannot fail.
+    if r == 0 && flag == 0 && unsafe { libc::getpid() } != 1 {
+        return Err(LaunchError::NotSubreaper);
+    }
+    Ok(())
+}
+
+/// The container's stdio as held by the shim until the fork.
+enum HostStdio {
+    Fds([OwnedFd; 3]),
+    Terminal { slave: OwnedFd, path: CString },
+}
+
+impl HostStdio {
+    fn raw_fds(&self) -> Vec<RawFd> {
+        match self {
+            HostStdio::Fds(fds) => fds.iter().map(|f| f.as_raw_fd()).collect(),
+            HostStdio::Terminal { slave, .. } => vec![slave.as_raw_fd()],
+        }
+    }
+
+    fn child_view(&self) -> ChildStdio<'_> {
+        match self {
+            HostStdio::Fds(fds) => ChildStdio::Fds(fds.each_ref().map(|f| f.as_raw_fd())),
+            HostStdio::Terminal { slave, path } => ChildStdio::Terminal {
+                slave: slave.as_raw_fd(),
+                path,
+            },
+        }
+    }
+}
+
+fn prepare_stdio(
+    stdio: Stdio,
+    size: Option<oci_spec::runtime::Box>,
+) -> Result<(HostStdio, Option<OwnedFd>), LaunchError> {
+    match stdio {
+        Stdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let stdin = match stdin {
+                Some(fd) => fd,
+                None => sys::open(c"/dev/null", libc::O_RDONLY)
+                    .map_err(|e| io_error("opening /dev/null for stdin", e))?,
+            };
+            Ok((HostStdio::Fds([stdin, stdout, stderr]), None))
+        }
+        Stdio::Terminal => {
+            let (master, slave, path) =
+                open_pty(size).map_err(|e| io_error("creating the container's terminal", e))?;
+            Ok((HostStdio::Terminal { slave, path }, Some(master)))
+        }
+    }
+}
+
+/// A new pty: (master, slave, slave path).
+fn open_pty(size: Option<oci_spec::runtime::Box>) -> std::io::Result<(OwnedFd, OwnedFd, CString)> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: posix_openpt returns a fresh descriptor or -1.
+    let master = sys::cvt(unsafe { libc::posix_openpt(flags) })?;
+    // SAFETY: we own the fresh descriptor.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    // SAFETY: grantpt/unlockpt on our master; ptsname_r writes into buf.
+    let path = unsafe {
+        sys::cvt(libc::grantpt(master.as_raw_fd()))?;
+        sys::cvt(libc::unlockpt(master.as_raw_fd()))?;
+        let mut buf = [0 as libc::c_char; 128];
+        let err = libc::ptsname_r(master.as_raw_fd(), buf.as_mut_ptr(), buf.len());
+        if err != 0 {
+            return Err(std::io::Error::from_raw_os_error(err));
+        }
+        CStr::from_ptr(buf.as_ptr()).to_owned()
+    };
+    let slave = sys::above_stdio(sys::open(&path, libc::O_RDWR | libc::O_NOCTTY)?)?;
+    if let Some(size) = size {
+        let ws = libc::winsize {
+            ws_row: u16::try_from(size.height()).unwrap_or(u16::MAX),
+            ws_col: u16::try_from(size.width()).unwrap_or(u16::MAX),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize.
+        sys::cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) })?;
+    }
+    Ok((master, slave, path))
+}
+
+/// How the setup went, as reported by the children.
+enum Setup {
+    Ready,
+    Failed(String),
+    /// End of file without a word.
+    Silent,
+}
+
+/// Forks the middle child, collects the container process's pid and setup result.
+fn launch(
+    middle: Middle<'_, '_>,
+    plan_fds: Vec<RawFd>,
+    stdio: HostStdio,
+    pty_master: Option<OwnedFd>,
+) -> Result<Created, LaunchError> {
+    let (report_r, report_w) =
+        sys::pipe().map_err(|e| io_error("creating the launcher's report pipe", e))?;
+    let (start_r, start_w) =
+        sys::pipe().map_err(|e| io_error("creating the launcher's start pipe", e))?;
+    let mut keep = plan_fds;
+    keep.extend([report_w.as_raw_fd(), start_r.as_raw_fd()]);
+    keep.extend(stdio.raw_fds());
+    keep.sort_unstable();
+    keep.dedup();
+    let io = ChildIo {
+        report: report_w.as_raw_fd(),
+        start: start_r.as_raw_fd(),
+        stdio: stdio.child_view(),
+        keep: &keep,
+    };
+    let middle_pid = sys::fork().map_err(|e| io_error("forking the container process", e))?;
+    if middle_pid == 0 {
+        child::run_middle(middle, &io)
+    }
+    // The children's ends: with these closed, end of file on the report pipe means no
+    // child holds it any more.
+    drop((report_w, start_r, stdio));
+    let mut report = BufReader::new(File::from(report_r));
+    let outcome = read_setup(&mut report);
+    let middle_status = sys::waitpid(middle_pid);
+    let (pid, setup) = outcome?;
+    match (setup, pid) {
+        (Setup::Ready, Some(pid)) => Ok(Created {
+            pid,
+            pty_master,
+            start: start_w,
+            report,
+        }),
+        (Setup::Failed(msg), pid) => {
+            if let Some(pid) = pid {
+                let _ = sys::waitpid(pid);
+            }
+            Err(LaunchError::Setup(msg))
+        }
+        (_, Some(pid)) => {
+            let status = sys::waitpid(pid).map(sys::describe_status);
+            Err(LaunchError::Died(status.unwrap_or_else(|e| e.to_string())))
+        }
+        (_, None) => {
+            let status = middle_status.map(sys::describe_status);
+            Err(LaunchError::Died(status.unwrap_or_else(|e| e.to_string())))
+        }
+    }
+}
+
+/// Reads report records until both the pid and the setup result are known, or EOF.
+fn read_setup(report: &mut BufReader<File>) -> Result<(Option<pid_t>, Setup), LaunchError> {
+    let mut pid = None;
+    let mut setup = None;
+    // A failing middle child never sends a pid: then this reads on until EOF.
+    while pid.is_none() || setup.is_none() {
+        let record = recv(report)
+            .map_err(|e| io_error("reading the container process's setup report", e))?;
+        let Some((tag, payload)) = record else {
+            break;
+        };
+        let text = String::from_utf8_lossy(&payload).into_owned();
+        match tag {
+            TAG_PID => pid = text.parse::<pid_t>().ok(),
+            TAG_READY => setup = Some(Setup::Ready),
+            TAG_ERROR => setup = Some(Setup::Failed(text)),
+            _ => setup = Some(Setup::Failed(format!("unexpected report {text:?}"))),
+        }
+    }
+    Ok((pid, setup.unwrap_or(Setup::Silent)))
+}
+
+/// Reads one record `[tag, len u32 le, payload]`; None at end of file.
+fn recv(report: &mut BufReader<File>) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    let mut tag = [0u8; 1];
+    loop {
+        match report.read(&mut tag) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut len = [0u8; 4];
+    report.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("report record of {len} bytes"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    report.read_exact(&mut payload)?;
+    Ok(Some((tag[0], payload)))
+}

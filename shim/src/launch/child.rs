@@ -1,0 +1,760 @@
+//! The code that runs in the forked children, between `fork` and `execve`.
+//!
+//! The middle child joins the cgroups and the namespaces, creates the new ones and forks
+//! the container process; the container process (the grandchild) sets up its mount
+//! namespace and root, switches user and capabilities, reports "ready" and blocks until
+//! the shim says start, then execs. Nothing here logs or takes a lock: failures travel to
+//! the shim as short messages over the report pipe (see [`send`]), then the child `_exit`s.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
+
+use libc::{c_int, c_ulong, pid_t};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use super::plan::{
+    CgroupJoin, ContainerPlan, DevicePlan, ExecPlan, MountKind, MountPlan, NsJoin, ProcessPlan,
+    BIND_REMOUNT_FLAGS,
+};
+use super::sys::{self, cvt, FdPath};
+
+/// Report record tags: middle child → shim.
+pub(super) const TAG_PID: u8 = b'P';
+/// Container process → shim: set up, waiting for start.
+pub(super) const TAG_READY: u8 = b'R';
+/// Either child → shim: setup failed (the text says what); the child has exited.
+pub(super) const TAG_ERROR: u8 = b'E';
+/// Container process → shim, after start: the command could not be executed.
+pub(super) const TAG_EXEC: u8 = b'X';
+/// Longest message payload; a record (5-byte header + payload) stays below PIPE_BUF, so
+/// each is written atomically even when both children write.
+pub(super) const MAX_MESSAGE: usize = 3072;
+
+/// Writes one record `[tag, len as u32 le, payload]` in a single write.
+pub(super) fn send(fd: RawFd, tag: u8, payload: &[u8]) {
+    let n = payload.len().min(MAX_MESSAGE);
+    let mut buf = [0u8; 5 + MAX_MESSAGE];
+    buf[0] = tag;
+    buf[1..5].copy_from_slice(&(n as u32).to_le_bytes());
+    buf[5..5 + n].copy_from_slice(&payload[..n]);
+    // Nothing to do if the shim is gone.
+    let _ = sys::write_all(fd, &buf[..5 + n]);
+}
+
+/// A setup failure: the message the shim shows.
+struct Fail(String);
+
+trait Ctx<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, Fail>;
+}
+
+impl<T> Ctx<T> for io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, Fail> {
+        self.map_err(|e| Fail(format!("{}: {e}", what())))
+    }
+}
+
+fn last_error() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// The container's stdio as the children see it.
+pub(super) enum ChildStdio<'a> {
+    Fds([RawFd; 3]),
+    /// The pty slave (opened by the shim) and its host path (bound onto /dev/console).
+    Terminal {
+        slave: RawFd,
+        path: &'a CStr,
+    },
+}
+
+/// The descriptors shared by the shim and its children.
+pub(super) struct ChildIo<'a> {
+    /// Write end of the report pipe.
+    pub(super) report: RawFd,
+    /// Read end of the start pipe.
+    pub(super) start: RawFd,
+    pub(super) stdio: ChildStdio<'a>,
+    /// Every descriptor the children need (sorted); all others are closed.
+    pub(super) keep: &'a [RawFd],
+}
+
+pub(super) enum Middle<'p, 'a> {
+    Create(&'p ContainerPlan<'a>),
+    Exec(&'p ExecPlan),
+}
+
+/// The middle child: called right after the first fork; never returns.
+pub(super) fn run_middle(middle: Middle<'_, '_>, io: &ChildIo<'_>) -> ! {
+    sys::close_fds_except(io.keep);
+    sys::reset_signal_handlers();
+    // A panic must never unwind back into the shim's code in a forked copy of it.
+    let forked = std::panic::catch_unwind(AssertUnwindSafe(|| match middle {
+        Middle::Create(plan) => middle_create(plan, io),
+        Middle::Exec(plan) => middle_exec(plan, io),
+    }));
+    match forked {
+        Ok(Ok(pid)) => {
+            send(io.report, TAG_PID, pid.to_string().as_bytes());
+            sys::exit(0)
+        }
+        Ok(Err(Fail(msg))) => {
+            send(io.report, TAG_ERROR, msg.as_bytes());
+            sys::exit(1)
+        }
+        Err(_) => {
+            send(
+                io.report,
+                TAG_ERROR,
+                b"internal error: the launcher panicked",
+            );
+            sys::exit(1)
+        }
+    }
+}
+
+/// oom_score_adj, cgroups, then the namespaces to join.
+fn enter(oom: &Option<String>, cgroups: &[CgroupJoin], join: &[NsJoin]) -> Result<(), Fail> {
+    if let Some(v) = oom {
+        sys::write_file(c"/proc/self/oom_score_adj", v.as_bytes())
+            .ctx(|| format!("setting oom_score_adj to {v}"))?;
+    }
+    for cg in cgroups {
+        // "0" moves the writer itself, in v1 and v2 alike.
+        sys::write_all(cg.fd.as_raw_fd(), b"0").ctx(|| {
+            let dir = cg.path.parent().unwrap_or(&cg.path);
+            format!("joining the cgroup {}", dir.display())
+        })?;
+    }
+    for ns in join {
+        // SAFETY: setns on a namespace file descriptor we hold.
+        cvt(unsafe { libc::setns(ns.fd.as_raw_fd(), ns.nstype) })
+            .ctx(|| format!("joining {}", ns.what))?;
+    }
+    Ok(())
+}
+
+fn fork_grandchild() -> Result<pid_t, Fail> {
+    // Single-threaded here; signals are still blocked from the first fork.
+    // SAFETY: plain fork of a single-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Fail(format!(
+            "forking the container process: {}",
+            last_error()
+        )));
+    }
+    Ok(pid)
+}
+
+fn middle_create(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> Result<pid_t, Fail> {
+    enter(&plan.oom_score_adj, &plan.cgroups, &plan.join)?;
+    // SAFETY: unshare with CLONE_NEW* flags only.
+    cvt(unsafe { libc::unshare(plan.unshare) })
+        .ctx(|| "creating the container's namespaces".into())?;
+    let pid = fork_grandchild()?;
+    if pid == 0 {
+        let exe = setup_container(plan, io).and_then(|()| prepare_process(&plan.process, io));
+        finish(&plan.process, exe, io)
+    }
+    Ok(pid)
+}
+
+fn middle_exec(plan: &ExecPlan, io: &ChildIo<'_>) -> Result<pid_t, Fail> {
+    enter(&plan.oom_score_adj, &plan.cgroups, &plan.join)?;
+    let pid = fork_grandchild()?;
+    if pid == 0 {
+        let exe = prepare_process(&plan.process, io);
+        finish(&plan.process, exe, io)
+    }
+    Ok(pid)
+}
+
+/// The executable found on PATH, or the message to report when started.
+type Exe<'p> = Result<&'p CStr, String>;
+
+/// Reports the setup result, waits for start and execs. Never returns.
+fn finish(p: &ProcessPlan, exe: Result<Exe<'_>, Fail>, io: &ChildIo<'_>) -> ! {
+    let exe = match exe {
+        Ok(exe) => exe,
+        Err(Fail(msg)) => {
+            send(io.report, TAG_ERROR, msg.as_bytes());
+            sys::exit(1)
+        }
+    };
+    send(io.report, TAG_READY, b"");
+    sys::unblock_signals();
+    if !matches!(sys::read_byte(io.start), Ok(Some(_))) {
+        // The shim dropped the container without starting it.
+        sys::exit(1)
+    }
+    // TODO(issue 6): load the seccomp filter from spec.linux.seccomp here (as late as
+    // possible, so that the setup above needs no syscalls allowed; before the user switch
+    // when no_new_privs is off) and apply the AppArmor profile.
+    let path = match exe {
+        Ok(path) => path,
+        Err(msg) => {
+            send(io.report, TAG_EXEC, msg.as_bytes());
+            sys::exit(127)
+        }
+    };
+    // SAFETY: path, argv and envp are NUL-terminated strings / NULL-terminated arrays.
+    unsafe { libc::execve(path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
+    let e = last_error();
+    let msg = format!("exec: {:?}: {}", p.name, sys::errno_text(&e));
+    send(io.report, TAG_EXEC, msg.as_bytes());
+    sys::exit(if e.raw_os_error() == Some(libc::ENOENT) {
+        127
+    } else {
+        126
+    })
+}
+
+/// Mount namespace, root filesystem, /dev, pivot_root, masked and readonly paths, sysctls,
+/// hostname.
+fn setup_container(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> Result<(), Fail> {
+    // SAFETY: umask cannot fail. Device nodes and mount points get exactly their modes.
+    unsafe { libc::umask(0) };
+    let rootfs = &plan.rootfs;
+    sys::mount(None, c"/", None, libc::MS_REC | rootfs.propagation, None)
+        .ctx(|| "setting the propagation of the container's mount tree".into())?;
+    match rootfs.overlay {
+        Some(overlay) => {
+            cairn_snapshotter::snapshot::mount_overlay(overlay, &rootfs.display, false)
+                .map_err(|e| Fail(format!("mounting the container rootfs: {e}")))?
+        }
+        None => sys::mount(
+            Some(&rootfs.path),
+            &rootfs.path,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )
+        .ctx(|| format!("bind-mounting the rootfs {}", rootfs.display.display()))?,
+    }
+    let root = sys::open(&rootfs.path, libc::O_PATH | libc::O_DIRECTORY)
+        .ctx(|| format!("opening the rootfs {}", rootfs.display.display()))?;
+    for m in &plan.mounts {
+        mount_one(&root, m)?;
+    }
+    make_devices(&root, &plan.devices)?;
+    if plan.manage_dev {
+        dev_links(&root, plan.has_devpts)?;
+        if let ChildStdio::Terminal { path, .. } = io.stdio {
+            bind_console(&root, path)?;
+        }
+    }
+    // SAFETY: fchdir on a directory descriptor we hold.
+    cvt(unsafe { libc::fchdir(root.as_raw_fd()) }).ctx(|| "entering the rootfs".into())?;
+    drop(root);
+    sys::pivot_to_cwd().ctx(|| format!("pivot_root to {}", rootfs.display.display()))?;
+    // From here on, paths are inside the container.
+    for s in &plan.sysctls {
+        sys::write_file(&s.path, &s.value).ctx(|| format!("setting sysctl {}", s.key))?;
+    }
+    mask_paths(&plan.masked)?;
+    readonly_paths(&plan.readonly)?;
+    if let Some(name) = &plan.hostname {
+        // SAFETY: name is valid for its length.
+        cvt(unsafe { libc::sethostname(name.as_ptr(), name.as_bytes().len()) })
+            .ctx(|| format!("setting the hostname to {name:?}"))?;
+    }
+    if let Some(name) = &plan.domainname {
+        // SAFETY: as above.
+        cvt(unsafe { libc::setdomainname(name.as_ptr(), name.as_bytes().len()) })
+            .ctx(|| format!("setting the domain name to {name:?}"))?;
+    }
+    if rootfs.readonly {
+        remount_readonly(c"/").ctx(|| "making the rootfs read-only".into())?;
+    }
+    if let Some(p) = rootfs.final_propagation {
+        sys::mount(None, c"/", None, libc::MS_REC | p, None)
+            .ctx(|| "setting the rootfs propagation".into())?;
+    }
+    Ok(())
+}
+
+/// Opens `path` below `root` as an O_PATH descriptor; symlinks resolve inside `root`.
+fn resolve(root: &OwnedFd, path: &CStr) -> io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        root,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(io::Error::from)
+}
+
+fn is_enoent(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+/// Opens `path` below `root`, creating what is missing (directories, and an empty file as
+/// the last component when `last_as_file`), never leaving the root whatever links the
+/// image holds.
+fn ensure_path(root: &OwnedFd, path: &CStr, last_as_file: bool) -> io::Result<OwnedFd> {
+    match resolve(root, path) {
+        Ok(fd) => Ok(fd),
+        Err(e) if !is_enoent(&e) => Err(e),
+        Err(_) => create_path(root, path.to_bytes(), last_as_file, MAX_LINKS),
+    }
+}
+
+/// How many dangling symlinks a mount point path may go through.
+const MAX_LINKS: u32 = 40;
+
+fn to_cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The slow path of [`ensure_path`]: walks `path` one component at a time and creates the
+/// missing ones. A dangling symlink is followed, inside the root, and its target created.
+fn create_path(
+    root: &OwnedFd,
+    path: &[u8],
+    last_as_file: bool,
+    links_left: u32,
+) -> io::Result<OwnedFd> {
+    let parts: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty() && *p != b".")
+        .collect();
+    let mut parent = resolve(root, c".")?;
+    let mut done: Vec<u8> = Vec::with_capacity(path.len());
+    for (i, part) in parts.iter().enumerate() {
+        let mut prefix = done.clone();
+        if !prefix.is_empty() {
+            prefix.push(b'/');
+        }
+        prefix.extend_from_slice(part);
+        let prefix_c = to_cstring(&prefix)?;
+        match resolve(root, &prefix_c) {
+            Ok(fd) => {
+                parent = fd;
+                done = prefix;
+                continue;
+            }
+            Err(e) if !is_enoent(&e) => return Err(e),
+            Err(_) => {}
+        }
+        let name = to_cstring(part)?;
+        if let Some(target) = read_link_at(&parent, &name) {
+            if links_left == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            // Absolute targets are relative to the container root.
+            let mut next = if target.first() == Some(&b'/') {
+                Vec::new()
+            } else {
+                done
+            };
+            for piece in std::iter::once(&target[..]).chain(parts[i + 1..].iter().copied()) {
+                next.push(b'/');
+                next.extend_from_slice(piece);
+            }
+            return create_path(root, &next, last_as_file, links_left - 1);
+        }
+        make_entry(&parent, &name, i + 1 == parts.len() && last_as_file)?;
+        parent = resolve(root, &prefix_c)?;
+        done = prefix;
+    }
+    Ok(parent)
+}
+
+/// The target of the symlink `name` in `dir`; None if it is not a symlink.
+fn read_link_at(dir: &OwnedFd, name: &CStr) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: buf is writable for its length; name is NUL-terminated.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n)
+        .ok()
+        .filter(|&n| n > 0 && n < buf.len())?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// Creates the directory (or empty file) `name` in `dir`; an existing entry is fine.
+fn make_entry(dir: &OwnedFd, name: &CStr, as_file: bool) -> io::Result<()> {
+    let dirfd = dir.as_raw_fd();
+    let r = if as_file {
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: name is NUL-terminated; dirfd is a directory we hold.
+        let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags, 0o644 as libc::c_uint) };
+        if fd >= 0 {
+            // SAFETY: closing the descriptor just opened.
+            unsafe { libc::close(fd) };
+        }
+        fd
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::mkdirat(dirfd, name.as_ptr(), 0o755) }
+    };
+    if r < 0 {
+        let e = last_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The flags a bind remount of the mount at `path` must keep (a remount may not clear a
+/// locked flag; atime flags are kept by the kernel when none is given).
+fn kept_flags(path: &CStr) -> io::Result<c_ulong> {
+    let keep = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    Ok(sys::mount_flags(path)? & keep)
+}
+
+fn remount_readonly(path: &CStr) -> io::Result<()> {
+    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept_flags(path)?;
+    sys::mount(None, path, None, flags, None)
+}
+
+fn mount_one(root: &OwnedFd, m: &MountPlan) -> Result<(), Fail> {
+    let point = ensure_path(root, &m.dest.full, m.as_file)
+        .ctx(|| format!("creating the mount point of the {}", m.describe))?;
+    let target = FdPath::new(point.as_raw_fd());
+    let mut bind_flags = 0;
+    match &m.kind {
+        MountKind::Bind { source, recursive } => {
+            let rec = if *recursive { libc::MS_REC } else { 0 };
+            sys::mount(
+                Some(source),
+                target.as_cstr(),
+                None,
+                libc::MS_BIND | rec,
+                None,
+            )
+            .ctx(|| m.describe.clone())?;
+            bind_flags = m.flags & BIND_REMOUNT_FLAGS;
+        }
+        MountKind::Fs { fstype, source } => sys::mount(
+            Some(source),
+            target.as_cstr(),
+            Some(fstype),
+            m.flags,
+            m.data.as_deref(),
+        )
+        .ctx(|| m.describe.clone())?,
+    }
+    if bind_flags == 0 && !m.recursive_ro && m.propagation.is_empty() {
+        return Ok(());
+    }
+    // The mount just made, reached afresh (the old descriptor is the directory below it).
+    let top = resolve(root, &m.dest.full).ctx(|| format!("reopening the {}", m.describe))?;
+    let top = FdPath::new(top.as_raw_fd());
+    let top = top.as_cstr();
+    if bind_flags != 0 {
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | bind_flags;
+        kept_flags(top)
+            .and_then(|keep| sys::mount(None, top, None, flags | keep, None))
+            .ctx(|| format!("applying the options of the {}", m.describe))?;
+    }
+    if m.recursive_ro {
+        match sys::make_tree_readonly(top) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => remount_readonly(top),
+            other => other,
+        }
+        .ctx(|| format!("making the {} read-only", m.describe))?;
+    }
+    for &p in &m.propagation {
+        sys::mount(None, top, None, p, None)
+            .ctx(|| format!("setting the propagation of the {}", m.describe))?;
+    }
+    Ok(())
+}
+
+fn make_devices(root: &OwnedFd, devices: &[DevicePlan]) -> Result<(), Fail> {
+    for d in devices {
+        let name = &d.path.name;
+        let parent = ensure_path(root, &d.path.parent, false)
+            .ctx(|| format!("creating the directory of device {}", d.path.display))?;
+        // SAFETY: name is NUL-terminated; parent is a directory we hold.
+        let r = unsafe { libc::mknodat(parent.as_raw_fd(), name.as_ptr(), d.mode, d.dev) };
+        if r < 0 {
+            let e = last_error();
+            match e.raw_os_error() {
+                Some(libc::EEXIST) => continue,
+                Some(libc::EPERM) => {
+                    bind_device(root, d)?;
+                    continue;
+                }
+                _ => return Err(Fail(format!("creating device {}: {e}", d.path.display))),
+            }
+        }
+        if d.uid.is_some() || d.gid.is_some() {
+            let uid = d.uid.unwrap_or(u32::MAX);
+            let gid = d.gid.unwrap_or(u32::MAX);
+            // SAFETY: as above; -1 leaves an id unchanged.
+            let r = unsafe {
+                libc::fchownat(
+                    parent.as_raw_fd(),
+                    name.as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            cvt(r).ctx(|| format!("changing the owner of device {}", d.path.display))?;
+        }
+    }
+    Ok(())
+}
+
+/// Without CAP_MKNOD: bind the host's node onto an empty file.
+fn bind_device(root: &OwnedFd, d: &DevicePlan) -> Result<(), Fail> {
+    let file = ensure_path(root, &d.path.full, true)
+        .ctx(|| format!("creating device {}", d.path.display))?;
+    let target = FdPath::new(file.as_raw_fd());
+    sys::mount(Some(&d.host), target.as_cstr(), None, libc::MS_BIND, None)
+        .ctx(|| format!("bind-mounting device {}", d.path.display))
+}
+
+fn dev_links(root: &OwnedFd, has_devpts: bool) -> Result<(), Fail> {
+    let dev = resolve(root, c"dev").ctx(|| "opening /dev".into())?;
+    let links: [(&CStr, &CStr); 6] = [
+        (c"/proc/self/fd", c"fd"),
+        (c"/proc/self/fd/0", c"stdin"),
+        (c"/proc/self/fd/1", c"stdout"),
+        (c"/proc/self/fd/2", c"stderr"),
+        (c"/proc/kcore", c"core"),
+        (c"pts/ptmx", c"ptmx"),
+    ];
+    for (target, name) in links {
+        if name == c"ptmx" && !has_devpts {
+            continue;
+        }
+        // SAFETY: NUL-terminated strings; dev is a directory we hold.
+        let r = unsafe { libc::symlinkat(target.as_ptr(), dev.as_raw_fd(), name.as_ptr()) };
+        if r < 0 {
+            let e = last_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(Fail(format!(
+                    "creating /dev/{}: {e}",
+                    name.to_string_lossy()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Binds the terminal's slave onto /dev/console.
+fn bind_console(root: &OwnedFd, slave_path: &CStr) -> Result<(), Fail> {
+    let dev = resolve(root, c"dev").ctx(|| "opening /dev".into())?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: NUL-terminated name; dev is a directory we hold.
+    let fd = unsafe {
+        libc::openat(
+            dev.as_raw_fd(),
+            c"console".as_ptr(),
+            flags,
+            0o620 as libc::c_uint,
+        )
+    };
+    cvt(fd).ctx(|| "creating /dev/console".into())?;
+    // SAFETY: closing the descriptor just opened.
+    unsafe { libc::close(fd) };
+    let console = resolve(root, c"dev/console").ctx(|| "opening /dev/console".into())?;
+    let target = FdPath::new(console.as_raw_fd());
+    sys::mount(
+        Some(slave_path),
+        target.as_cstr(),
+        None,
+        libc::MS_BIND,
+        None,
+    )
+    .ctx(|| "bind-mounting the terminal on /dev/console".into())
+}
+
+fn stat(path: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain data and a valid out pointer.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        cvt(libc::stat(path.as_ptr(), &mut st))?;
+        Ok(st)
+    }
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// Hides each path: an empty read-only tmpfs over directories, /dev/null over files.
+fn mask_paths(paths: &[CString]) -> Result<(), Fail> {
+    for p in paths {
+        let st = match stat(p) {
+            Ok(st) => st,
+            Err(e) if is_enoent(&e) => continue,
+            Err(e) => return Err(Fail(format!("masking {p:?}: {e}"))),
+        };
+        let r = if is_dir(&st) {
+            sys::mount(Some(c"tmpfs"), p, Some(c"tmpfs"), libc::MS_RDONLY, None)
+        } else {
+            sys::mount(Some(c"/dev/null"), p, None, libc::MS_BIND, None)
+        };
+        r.ctx(|| format!("masking {p:?}"))?;
+    }
+    Ok(())
+}
+
+/// Makes each path a read-only bind of itself.
+fn readonly_paths(paths: &[CString]) -> Result<(), Fail> {
+    for p in paths {
+        match stat(p) {
+            Ok(_) => {}
+            Err(e) if is_enoent(&e) => continue,
+            Err(e) => return Err(Fail(format!("making {p:?} read-only: {e}"))),
+        }
+        sys::mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None)
+            .and_then(|()| remount_readonly(p))
+            .ctx(|| format!("making {p:?} read-only"))?;
+    }
+    Ok(())
+}
+
+/// The process part shared by create and exec: session and terminal, limits, cwd, user and
+/// capabilities, no_new_privs, umask, the executable lookup and stdio.
+fn prepare_process<'p>(p: &'p ProcessPlan, io: &ChildIo<'_>) -> Result<Exe<'p>, Fail> {
+    // SAFETY: setsid has no arguments; a fresh fork is never a process-group leader.
+    cvt(unsafe { libc::setsid() }).ctx(|| "starting a session".into())?;
+    if let ChildStdio::Terminal { slave, .. } = io.stdio {
+        // SAFETY: ioctl on the terminal descriptor we hold.
+        cvt(unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) })
+            .ctx(|| "taking the terminal as controlling terminal".into())?;
+    }
+    for r in &p.rlimits {
+        // SAFETY: limit is a valid rlimit.
+        cvt(unsafe { libc::setrlimit(r.resource as _, &r.limit) })
+            .ctx(|| format!("setting {}", r.name))?;
+    }
+    // SAFETY: cwd is NUL-terminated.
+    cvt(unsafe { libc::chdir(p.cwd.as_ptr()) })
+        .ctx(|| format!("changing to the working directory {:?}", p.cwd))?;
+    switch_user(p)?;
+    if p.no_new_privs {
+        sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).ctx(|| "setting no_new_privs".into())?;
+    }
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(p.umask) };
+    let exe = find_executable(p);
+    redirect_stdio(io)?;
+    Ok(exe)
+}
+
+/// Supplementary groups, gid, uid, keeping the capabilities the spec asks for.
+fn switch_user(p: &ProcessPlan) -> Result<(), Fail> {
+    if let Some(caps) = &p.caps {
+        for cap in 0..=caps.last_cap {
+            if caps.bounding & (1u64 << cap) == 0 {
+                sys::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0)
+                    .ctx(|| format!("dropping capability {cap} from the bounding set"))?;
+            }
+        }
+        if p.uid != 0 {
+            sys::prctl(libc::PR_SET_KEEPCAPS, 1, 0).ctx(|| "setting keepcaps".into())?;
+        }
+    }
+    // SAFETY: groups is valid for its length.
+    cvt(unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) })
+        .ctx(|| format!("setting the supplementary groups {:?}", p.groups))?;
+    // SAFETY: plain id syscalls.
+    cvt(unsafe { libc::setresgid(p.gid, p.gid, p.gid) })
+        .ctx(|| format!("setting gid {}", p.gid))?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::setresuid(p.uid, p.uid, p.uid) })
+        .ctx(|| format!("setting uid {}", p.uid))?;
+    let Some(caps) = &p.caps else {
+        return Ok(());
+    };
+    sys::capset(caps.effective, caps.permitted, caps.inheritable)
+        .ctx(|| "setting the capabilities".into())?;
+    sys::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
+        0,
+    )
+    .ctx(|| "clearing the ambient capabilities".into())?;
+    for cap in 0..=caps.last_cap {
+        if caps.ambient & (1u64 << cap) != 0 {
+            sys::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as c_ulong,
+                cap as c_ulong,
+            )
+            .ctx(|| {
+                format!("raising ambient capability {cap} (it must be permitted and inheritable)")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds the executable like Go's `exec.LookPath` (which gives the messages containerd
+/// users know), inside the container, as the container user.
+fn find_executable(p: &ProcessPlan) -> Exe<'_> {
+    if !p.search_path {
+        let Some(path) = p.candidates.first() else {
+            return Err(format!("exec: {:?}: no such file", p.name));
+        };
+        return match check_executable(path) {
+            Ok(()) => Ok(path),
+            Err(why) => Err(format!("exec: {:?}: {why}", p.name)),
+        };
+    }
+    p.candidates
+        .iter()
+        .find(|c| check_executable(c).is_ok())
+        .map(|c| c.as_c_str())
+        .ok_or_else(|| format!("exec: {:?}: executable file not found in $PATH", p.name))
+}
+
+fn check_executable(path: &CStr) -> Result<(), String> {
+    let st = stat(path)
+        .map_err(|e| format!("stat {}: {}", path.to_string_lossy(), sys::errno_text(&e)))?;
+    if is_dir(&st) {
+        return Err("is a directory".into());
+    }
+    // SAFETY: path is NUL-terminated.
+    let r = unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), libc::X_OK, libc::AT_EACCESS) };
+    if r < 0 {
+        return Err(sys::errno_text(&last_error()));
+    }
+    Ok(())
+}
+
+/// Puts the container's stdio on 0, 1 and 2 (via copies above 9, so that no source is
+/// overwritten before it is used).
+fn redirect_stdio(io: &ChildIo<'_>) -> Result<(), Fail> {
+    let sources = match io.stdio {
+        ChildStdio::Fds(fds) => fds,
+        ChildStdio::Terminal { slave, .. } => [slave; 3],
+    };
+    let mut copies: [c_int; 3] = [0; 3];
+    for (copy, src) in copies.iter_mut().zip(sources) {
+        // SAFETY: fcntl on a descriptor we hold.
+        *copy = cvt(unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 10) })
+            .ctx(|| "duplicating the stdio descriptors".into())?;
+    }
+    for (target, copy) in copies.into_iter().enumerate() {
+        // SAFETY: dup2 onto 0..2.
+        cvt(unsafe { libc::dup2(copy, target as c_int) }).ctx(|| "setting up stdio".into())?;
+    }
+    // The caller's descriptors themselves must not leak into the container.
+    for src in sources.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: fcntl on a descriptor we hold.
+        unsafe { libc::fcntl(src, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}

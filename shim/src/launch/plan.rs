@@ -1,0 +1,901 @@
+//! Turns an OCI runtime spec into a launch plan before anything forks: every string made
+//! a C string, every host file (namespace, cgroup, mount source, rootfs) opened or checked,
+//! every option parsed. The forked children then only read the plan and make system calls,
+//! and most spec mistakes are reported by `create()` itself, naming the offending field.
+
+use std::collections::HashSet;
+use std::ffi::{CString, OsStr};
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::raw::c_char;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+
+use cairn_snapshotter::snapshot::OverlayMount;
+use libc::{c_int, c_ulong};
+use oci_spec::runtime::{
+    Capabilities, Capability, Linux, LinuxCapabilities, LinuxDeviceType, LinuxNamespace,
+    LinuxNamespaceType, Mount, PosixRlimitType, Process, Spec,
+};
+
+use super::LaunchError;
+
+/// The PATH used to find the executable when the process environment has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A namespace to `setns` into, opened on the host.
+pub(super) struct NsJoin {
+    pub(super) fd: OwnedFd,
+    pub(super) nstype: c_int,
+    /// "the network namespace /run/cairn/pods/x/net", for error messages.
+    pub(super) what: String,
+}
+
+/// A `cgroup.procs` file, opened for writing on the host.
+pub(super) struct CgroupJoin {
+    pub(super) fd: OwnedFd,
+    pub(super) path: PathBuf,
+}
+
+/// Everything `create()` needs, prepared.
+pub(super) struct ContainerPlan<'a> {
+    pub(super) cgroups: Vec<CgroupJoin>,
+    pub(super) join: Vec<NsJoin>,
+    /// CLONE_NEW* flags for the namespaces to create (always includes CLONE_NEWNS).
+    pub(super) unshare: c_int,
+    pub(super) oom_score_adj: Option<String>,
+    pub(super) rootfs: RootfsPlan<'a>,
+    pub(super) mounts: Vec<MountPlan>,
+    /// /dev is a tmpfs of ours: create the default nodes and links in it.
+    pub(super) manage_dev: bool,
+    pub(super) has_devpts: bool,
+    pub(super) devices: Vec<DevicePlan>,
+    pub(super) masked: Vec<CString>,
+    pub(super) readonly: Vec<CString>,
+    pub(super) sysctls: Vec<Sysctl>,
+    /// Set only when the uts namespace is a new one.
+    pub(super) hostname: Option<CString>,
+    pub(super) domainname: Option<CString>,
+    pub(super) process: ProcessPlan,
+}
+
+impl ContainerPlan<'_> {
+    /// Descriptors the children need (all others are closed in them).
+    pub(super) fn fds(&self) -> Vec<RawFd> {
+        let cg = self.cgroups.iter().map(|c| c.fd.as_raw_fd());
+        cg.chain(self.join.iter().map(|n| n.fd.as_raw_fd()))
+            .collect()
+    }
+}
+
+/// Everything `exec()` needs, prepared.
+pub(super) struct ExecPlan {
+    pub(super) cgroups: Vec<CgroupJoin>,
+    /// The target's namespaces, the mount namespace last.
+    pub(super) join: Vec<NsJoin>,
+    pub(super) oom_score_adj: Option<String>,
+    pub(super) process: ProcessPlan,
+}
+
+impl ExecPlan {
+    pub(super) fn fds(&self) -> Vec<RawFd> {
+        let cg = self.cgroups.iter().map(|c| c.fd.as_raw_fd());
+        cg.chain(self.join.iter().map(|n| n.fd.as_raw_fd()))
+            .collect()
+    }
+}
+
+pub(super) struct RootfsPlan<'a> {
+    pub(super) path: CString,
+    pub(super) display: PathBuf,
+    pub(super) overlay: Option<&'a OverlayMount>,
+    pub(super) readonly: bool,
+    /// MS_PRIVATE or MS_SLAVE, applied recursively to the whole tree before mounting.
+    pub(super) propagation: c_ulong,
+    /// MS_SHARED or MS_UNBINDABLE, applied recursively to the new root at the end.
+    pub(super) final_propagation: Option<c_ulong>,
+}
+
+/// A path below the container root, relative to it and lexically clean.
+pub(super) struct RelPath {
+    /// "/dev/pts", for messages.
+    pub(super) display: String,
+    /// "dev/pts".
+    pub(super) full: CString,
+    /// "dev" ("." for a top-level entry).
+    pub(super) parent: CString,
+    /// "pts".
+    pub(super) name: CString,
+}
+
+impl RelPath {
+    fn new(path: &Path, what: &str) -> Result<RelPath, LaunchError> {
+        let mut parts: Vec<&OsStr> = Vec::new();
+        for c in path.components() {
+            match c {
+                Component::Normal(n) => parts.push(n),
+                Component::ParentDir => {
+                    parts.pop();
+                }
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+        let Some((name, dirs)) = parts.split_last() else {
+            return Err(invalid(format!(
+                "{what} {:?} is not a path below the container root",
+                path.display()
+            )));
+        };
+        let join = |parts: &[&OsStr]| {
+            let bytes: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+            bytes.join(&b'/')
+        };
+        let full = join(&parts);
+        let parent = if dirs.is_empty() {
+            b".".to_vec()
+        } else {
+            join(dirs)
+        };
+        Ok(RelPath {
+            display: format!("/{}", String::from_utf8_lossy(&full)),
+            full: cstring(full, what)?,
+            parent: cstring(parent, what)?,
+            name: cstring(name.as_bytes(), what)?,
+        })
+    }
+}
+
+pub(super) enum MountKind {
+    Bind { source: CString, recursive: bool },
+    Fs { fstype: CString, source: CString },
+}
+
+pub(super) struct MountPlan {
+    pub(super) dest: RelPath,
+    pub(super) kind: MountKind,
+    pub(super) flags: c_ulong,
+    pub(super) data: Option<CString>,
+    pub(super) propagation: Vec<c_ulong>,
+    /// "rro": make the bind and everything below it read-only.
+    pub(super) recursive_ro: bool,
+    /// The mount point must be a file (the bind source is not a directory).
+    pub(super) as_file: bool,
+    /// "proc mount at /proc", "bind mount of /var/x at /data", for messages.
+    pub(super) describe: String,
+}
+
+pub(super) struct DevicePlan {
+    pub(super) path: RelPath,
+    /// The same node on the host, bind-mounted when mknod is not permitted.
+    pub(super) host: CString,
+    pub(super) mode: libc::mode_t,
+    pub(super) dev: libc::dev_t,
+    pub(super) uid: Option<u32>,
+    pub(super) gid: Option<u32>,
+}
+
+pub(super) struct Sysctl {
+    pub(super) key: String,
+    pub(super) path: CString,
+    pub(super) value: Vec<u8>,
+}
+
+/// A NULL-terminated array of C strings (argv, envp), with its strings.
+pub(super) struct CArray {
+    _strings: Vec<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+impl CArray {
+    fn new(strings: Vec<CString>) -> CArray {
+        let ptrs = strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        CArray {
+            _strings: strings,
+            ptrs,
+        }
+    }
+
+    pub(super) fn as_ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+}
+
+pub(super) struct CapPlan {
+    pub(super) bounding: u64,
+    pub(super) effective: u64,
+    pub(super) permitted: u64,
+    pub(super) inheritable: u64,
+    pub(super) ambient: u64,
+    pub(super) last_cap: u32,
+}
+
+/// The process part, shared by `create()` and `exec()`.
+pub(super) struct ProcessPlan {
+    /// args[0] as given, for messages.
+    pub(super) name: String,
+    pub(super) argv: CArray,
+    pub(super) envp: CArray,
+    /// Where to look for the executable: `name` itself, or each PATH entry joined with it.
+    pub(super) candidates: Vec<CString>,
+    pub(super) search_path: bool,
+    pub(super) cwd: CString,
+    pub(super) uid: libc::uid_t,
+    pub(super) gid: libc::gid_t,
+    pub(super) groups: Vec<libc::gid_t>,
+    pub(super) umask: libc::mode_t,
+    /// None: the spec says nothing about capabilities; they are left as inherited.
+    pub(super) caps: Option<CapPlan>,
+    pub(super) no_new_privs: bool,
+    pub(super) rlimits: Vec<Rlimit>,
+}
+
+pub(super) struct Rlimit {
+    pub(super) resource: c_int,
+    pub(super) limit: libc::rlimit,
+    /// "RLIMIT_NOFILE", for messages.
+    pub(super) name: String,
+}
+
+fn invalid(msg: impl Into<String>) -> LaunchError {
+    LaunchError::InvalidSpec(msg.into())
+}
+
+fn cstring(bytes: impl Into<Vec<u8>>, what: &str) -> Result<CString, LaunchError> {
+    CString::new(bytes).map_err(|_| invalid(format!("{what} contains a NUL byte")))
+}
+
+fn path_cstring(path: &Path, what: &str) -> Result<CString, LaunchError> {
+    cstring(path.as_os_str().as_bytes(), what)
+}
+
+fn host_io(context: String, source: std::io::Error) -> LaunchError {
+    LaunchError::Io { context, source }
+}
+
+/// Prepares `create()`.
+pub(super) fn container<'a>(
+    spec: &Spec,
+    overlay: Option<&'a OverlayMount>,
+    cgroup_dirs: &[PathBuf],
+    oom_score_adj: Option<i32>,
+) -> Result<ContainerPlan<'a>, LaunchError> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("the spec has no process"))?;
+    let linux = spec.linux().as_ref();
+    let namespaces = linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]);
+    let (join, unshare, new_uts) = namespaces_plan(namespaces)?;
+    let mounts = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .map(mount_plan)
+        .collect::<Result<Vec<_>, _>>()?;
+    let manage_dev = mounts
+        .iter()
+        .any(|m| m.dest.display == "/dev" && matches!(m.kind, MountKind::Fs { .. }));
+    let has_devpts = mounts.iter().any(|m| m.dest.display == "/dev/pts");
+    let name_if_new = |name: &Option<String>, what: &str| match name {
+        Some(n) if new_uts && !n.is_empty() => cstring(n.as_bytes(), what).map(Some),
+        _ => Ok(None),
+    };
+    Ok(ContainerPlan {
+        cgroups: cgroup_plan(cgroup_dirs)?,
+        join,
+        unshare,
+        oom_score_adj: oom_score_adj
+            .or_else(|| process.oom_score_adj())
+            .map(|v| v.to_string()),
+        rootfs: rootfs_plan(spec, linux, overlay)?,
+        devices: devices_plan(linux, manage_dev)?,
+        mounts,
+        manage_dev,
+        has_devpts,
+        masked: container_paths(linux.and_then(|l| l.masked_paths().as_ref()), "masked path")?,
+        readonly: container_paths(
+            linux.and_then(|l| l.readonly_paths().as_ref()),
+            "readonly path",
+        )?,
+        sysctls: sysctl_plan(linux)?,
+        hostname: name_if_new(spec.hostname(), "hostname")?,
+        domainname: name_if_new(spec.domainname(), "domainname")?,
+        process: process_plan(process)?,
+    })
+}
+
+/// Prepares `exec()` into the container whose init is `target`.
+pub(super) fn exec(
+    target: i32,
+    process: &Process,
+    cgroup_dirs: &[PathBuf],
+) -> Result<ExecPlan, LaunchError> {
+    if target <= 0 {
+        return Err(invalid(format!("bad container pid {target}")));
+    }
+    let proc_dir = PathBuf::from(format!("/proc/{target}"));
+    let kinds = [
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("pid", libc::CLONE_NEWPID),
+        ("cgroup", libc::CLONE_NEWCGROUP),
+        ("mnt", libc::CLONE_NEWNS),
+    ];
+    let mut join = Vec::with_capacity(kinds.len());
+    for (name, nstype) in kinds {
+        let path = proc_dir.join("ns").join(name);
+        if nstype == libc::CLONE_NEWCGROUP && same_file(&path, Path::new("/proc/self/ns/cgroup")) {
+            continue;
+        }
+        let file = File::open(&path).map_err(|e| {
+            host_io(
+                format!(
+                    "opening {} (is container process {target} running?)",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+        join.push(NsJoin {
+            fd: file.into(),
+            nstype,
+            what: format!("the {name} namespace of process {target}"),
+        });
+    }
+    let oom_score_adj = std::fs::read_to_string(proc_dir.join("oom_score_adj"))
+        .ok()
+        .map(|s| s.trim().to_string());
+    Ok(ExecPlan {
+        cgroups: cgroup_plan(cgroup_dirs)?,
+        join,
+        oom_score_adj,
+        process: process_plan(process)?,
+    })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Namespaces to join (those with a path) and the CLONE_NEW* flags of those to create.
+/// Returns whether the uts namespace is a new one.
+fn namespaces_plan(list: &[LinuxNamespace]) -> Result<(Vec<NsJoin>, c_int, bool), LaunchError> {
+    let mut join = Vec::new();
+    let mut unshare = libc::CLONE_NEWNS;
+    let mut new_uts = false;
+    for ns in list {
+        let (nstype, name) = match ns.typ() {
+            LinuxNamespaceType::Network => (libc::CLONE_NEWNET, "network"),
+            LinuxNamespaceType::Ipc => (libc::CLONE_NEWIPC, "ipc"),
+            LinuxNamespaceType::Uts => (libc::CLONE_NEWUTS, "uts"),
+            LinuxNamespaceType::Pid => (libc::CLONE_NEWPID, "pid"),
+            LinuxNamespaceType::Cgroup => (libc::CLONE_NEWCGROUP, "cgroup"),
+            LinuxNamespaceType::Mount if ns.path().is_none() => continue,
+            LinuxNamespaceType::Mount => {
+                return Err(LaunchError::Unsupported(
+                    "joining an existing mount namespace".into(),
+                ))
+            }
+            LinuxNamespaceType::User => {
+                return Err(LaunchError::Unsupported("user namespaces".into()))
+            }
+            LinuxNamespaceType::Time => {
+                return Err(LaunchError::Unsupported("time namespaces".into()))
+            }
+        };
+        let Some(path) = ns.path() else {
+            unshare |= nstype;
+            new_uts |= nstype == libc::CLONE_NEWUTS;
+            continue;
+        };
+        let file = File::open(path).map_err(|e| {
+            host_io(
+                format!("opening the {name} namespace {}", path.display()),
+                e,
+            )
+        })?;
+        join.push(NsJoin {
+            fd: file.into(),
+            nstype,
+            what: format!("the {name} namespace {}", path.display()),
+        });
+    }
+    Ok((join, unshare, new_uts))
+}
+
+fn cgroup_plan(dirs: &[PathBuf]) -> Result<Vec<CgroupJoin>, LaunchError> {
+    dirs.iter()
+        .map(|dir| {
+            let path = if dir.ends_with("cgroup.procs") {
+                dir.clone()
+            } else {
+                dir.join("cgroup.procs")
+            };
+            let file = OpenOptions::new().write(true).open(&path).map_err(|e| {
+                host_io(format!("opening {} to join the cgroup", path.display()), e)
+            })?;
+            Ok(CgroupJoin {
+                fd: file.into(),
+                path,
+            })
+        })
+        .collect()
+}
+
+fn rootfs_plan<'a>(
+    spec: &Spec,
+    linux: Option<&Linux>,
+    overlay: Option<&'a OverlayMount>,
+) -> Result<RootfsPlan<'a>, LaunchError> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("the spec has no root"))?;
+    let path = root.path();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| host_io(format!("container rootfs {}", path.display()), e))?;
+    if !meta.is_dir() {
+        return Err(invalid(format!(
+            "container rootfs {} is not a directory",
+            path.display()
+        )));
+    }
+    let propagation = linux.and_then(|l| l.rootfs_propagation().as_deref());
+    let (propagation, final_propagation) = match propagation.unwrap_or("") {
+        "" | "private" | "rprivate" => (libc::MS_PRIVATE, None),
+        "slave" | "rslave" => (libc::MS_SLAVE, None),
+        "shared" | "rshared" => (libc::MS_SLAVE, Some(libc::MS_SHARED)),
+        "unbindable" | "runbindable" => (libc::MS_PRIVATE, Some(libc::MS_UNBINDABLE)),
+        other => return Err(invalid(format!("unknown rootfsPropagation {other:?}"))),
+    };
+    Ok(RootfsPlan {
+        path: path_cstring(path, "root path")?,
+        display: path.clone(),
+        overlay,
+        readonly: root.readonly().unwrap_or(false),
+        propagation,
+        final_propagation,
+    })
+}
+
+const FLAG_OPTIONS: &[(&str, c_ulong, bool)] = &[
+    ("ro", libc::MS_RDONLY, true),
+    ("rw", libc::MS_RDONLY, false),
+    ("nosuid", libc::MS_NOSUID, true),
+    ("suid", libc::MS_NOSUID, false),
+    ("nodev", libc::MS_NODEV, true),
+    ("dev", libc::MS_NODEV, false),
+    ("noexec", libc::MS_NOEXEC, true),
+    ("exec", libc::MS_NOEXEC, false),
+    ("sync", libc::MS_SYNCHRONOUS, true),
+    ("async", libc::MS_SYNCHRONOUS, false),
+    ("dirsync", libc::MS_DIRSYNC, true),
+    ("mand", libc::MS_MANDLOCK, true),
+    ("nomand", libc::MS_MANDLOCK, false),
+    ("noatime", libc::MS_NOATIME, true),
+    ("atime", libc::MS_NOATIME, false),
+    ("nodiratime", libc::MS_NODIRATIME, true),
+    ("diratime", libc::MS_NODIRATIME, false),
+    ("relatime", libc::MS_RELATIME, true),
+    ("norelatime", libc::MS_RELATIME, false),
+    ("strictatime", libc::MS_STRICTATIME, true),
+    ("nostrictatime", libc::MS_STRICTATIME, false),
+    ("silent", libc::MS_SILENT, true),
+    ("loud", libc::MS_SILENT, false),
+];
+
+const PROPAGATION_OPTIONS: &[(&str, c_ulong)] = &[
+    ("private", libc::MS_PRIVATE),
+    ("rprivate", libc::MS_PRIVATE | libc::MS_REC),
+    ("shared", libc::MS_SHARED),
+    ("rshared", libc::MS_SHARED | libc::MS_REC),
+    ("slave", libc::MS_SLAVE),
+    ("rslave", libc::MS_SLAVE | libc::MS_REC),
+    ("unbindable", libc::MS_UNBINDABLE),
+    ("runbindable", libc::MS_UNBINDABLE | libc::MS_REC),
+];
+
+/// Per-mount flags a bind mount can change by remounting.
+pub(super) const BIND_REMOUNT_FLAGS: c_ulong = libc::MS_RDONLY
+    | libc::MS_NOSUID
+    | libc::MS_NODEV
+    | libc::MS_NOEXEC
+    | libc::MS_NOATIME
+    | libc::MS_NODIRATIME
+    | libc::MS_RELATIME
+    | libc::MS_STRICTATIME;
+
+fn mount_plan(m: &Mount) -> Result<MountPlan, LaunchError> {
+    let dest = RelPath::new(m.destination(), "mount destination")?;
+    let typ = m.typ().as_deref().unwrap_or("");
+    let mut flags: c_ulong = 0;
+    let mut data: Vec<&str> = Vec::new();
+    let mut propagation = Vec::new();
+    let mut bind: Option<bool> = (typ == "bind").then_some(false);
+    let mut recursive_ro = false;
+    for opt in m.options().iter().flatten().map(String::as_str) {
+        if let Some(&(_, flag, set)) = FLAG_OPTIONS.iter().find(|(n, _, _)| *n == opt) {
+            if set {
+                flags |= flag;
+            } else {
+                flags &= !flag;
+            }
+            continue;
+        }
+        if let Some(&(_, p)) = PROPAGATION_OPTIONS.iter().find(|(n, _)| *n == opt) {
+            propagation.push(p);
+            continue;
+        }
+        match opt {
+            "bind" => bind = Some(bind.unwrap_or(false)),
+            "rbind" => bind = Some(true),
+            "rro" => recursive_ro = true,
+            "idmap" | "ridmap" => {
+                return Err(LaunchError::Unsupported(format!(
+                    "idmapped mount at {}",
+                    dest.display
+                )))
+            }
+            "" | "defaults" | "remount" | "tmpcopyup" => {}
+            o if o.starts_with("X-") => {}
+            o => data.push(o),
+        }
+    }
+    let source = m.source().as_deref();
+    let kind;
+    let describe;
+    let mut as_file = false;
+    if let Some(recursive) = bind {
+        let source = source
+            .ok_or_else(|| invalid(format!("bind mount at {} has no source", dest.display)))?;
+        let meta = std::fs::metadata(source).map_err(|e| {
+            host_io(
+                format!(
+                    "bind mount source {} for {}",
+                    source.display(),
+                    dest.display
+                ),
+                e,
+            )
+        })?;
+        as_file = !meta.is_dir();
+        describe = format!("bind mount of {} at {}", source.display(), dest.display);
+        kind = MountKind::Bind {
+            source: path_cstring(source, "mount source")?,
+            recursive,
+        };
+    } else {
+        if typ.is_empty() {
+            return Err(invalid(format!("mount at {} has no type", dest.display)));
+        }
+        let mut fstype = typ;
+        if typ == "cgroup" {
+            if host_cgroup2() {
+                fstype = "cgroup2";
+            } else {
+                // TODO: bind the container's v1 hierarchies in; an empty tmpfs for now.
+                fstype = "tmpfs";
+                data.push("mode=755");
+            }
+        }
+        let source = match source {
+            Some(s) if typ != "cgroup" => path_cstring(s, "mount source")?,
+            _ => cstring(fstype, "mount type")?,
+        };
+        describe = format!("{typ} mount at {}", dest.display);
+        kind = MountKind::Fs {
+            fstype: cstring(fstype, "mount type")?,
+            source,
+        };
+    }
+    let data = if data.is_empty() || matches!(kind, MountKind::Bind { .. }) {
+        None
+    } else {
+        Some(cstring(data.join(","), "mount options")?)
+    };
+    Ok(MountPlan {
+        dest,
+        kind,
+        flags,
+        data,
+        propagation,
+        recursive_ro,
+        as_file,
+        describe,
+    })
+}
+
+/// Whether the host's /sys/fs/cgroup is the cgroup v2 unified hierarchy.
+fn host_cgroup2() -> bool {
+    static V2: OnceLock<bool> = OnceLock::new();
+    *V2.get_or_init(|| {
+        // SAFETY: statfs is plain data and a valid out pointer.
+        unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            libc::statfs(c"/sys/fs/cgroup".as_ptr(), &mut st) == 0
+                && st.f_type as u64 == libc::CGROUP2_SUPER_MAGIC as u64
+        }
+    })
+}
+
+const DEFAULT_DEVICES: [(&str, u32, u32); 6] = [
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+
+fn devices_plan(linux: Option<&Linux>, manage_dev: bool) -> Result<Vec<DevicePlan>, LaunchError> {
+    let listed = linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]);
+    let listed_paths: HashSet<&Path> = listed.iter().map(|d| d.path().as_path()).collect();
+    let mut out = Vec::new();
+    if manage_dev {
+        for (path, major, minor) in DEFAULT_DEVICES {
+            if listed_paths.contains(Path::new(path)) {
+                continue;
+            }
+            out.push(DevicePlan {
+                path: RelPath::new(Path::new(path), "device")?,
+                host: cstring(path, "device")?,
+                mode: libc::S_IFCHR | 0o666,
+                dev: libc::makedev(major, minor),
+                uid: None,
+                gid: None,
+            });
+        }
+    }
+    for d in listed {
+        let path = d.path();
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
+            LinuxDeviceType::B => libc::S_IFBLK,
+            LinuxDeviceType::P => libc::S_IFIFO,
+            LinuxDeviceType::A => {
+                return Err(invalid(format!("device {} has type \"a\"", path.display())))
+            }
+        };
+        let number = |n: i64| {
+            u32::try_from(n)
+                .map_err(|_| invalid(format!("device {}: bad number {n}", path.display())))
+        };
+        out.push(DevicePlan {
+            path: RelPath::new(path, "device")?,
+            host: path_cstring(path, "device")?,
+            mode: kind | (d.file_mode().unwrap_or(0o666) & 0o7777),
+            dev: libc::makedev(number(d.major())?, number(d.minor())?),
+            uid: d.uid(),
+            gid: d.gid(),
+        });
+    }
+    Ok(out)
+}
+
+fn container_paths(paths: Option<&Vec<String>>, what: &str) -> Result<Vec<CString>, LaunchError> {
+    paths
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            if !p.starts_with('/') {
+                return Err(invalid(format!("{what} {p:?} is not absolute")));
+            }
+            cstring(p.as_bytes(), what)
+        })
+        .collect()
+}
+
+fn sysctl_plan(linux: Option<&Linux>) -> Result<Vec<Sysctl>, LaunchError> {
+    let Some(map) = linux.and_then(|l| l.sysctl().as_ref()) else {
+        return Ok(Vec::new());
+    };
+    map.iter()
+        .map(|(key, value)| {
+            let rel = if key.contains('/') {
+                key.clone()
+            } else {
+                key.replace('.', "/")
+            };
+            if rel
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                return Err(invalid(format!("bad sysctl name {key:?}")));
+            }
+            Ok(Sysctl {
+                key: key.clone(),
+                path: cstring(format!("/proc/sys/{rel}"), "sysctl name")?,
+                value: value.as_bytes().to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// Prepares the process part (args, env, PATH lookup list, user, capabilities, limits).
+pub(super) fn process_plan(p: &Process) -> Result<ProcessPlan, LaunchError> {
+    let args = p
+        .args()
+        .as_deref()
+        .filter(|a| a.first().is_some_and(|a0| !a0.is_empty()))
+        .ok_or_else(|| invalid("process.args is empty"))?;
+    let name = args[0].clone();
+    let argv = args
+        .iter()
+        .map(|a| cstring(a.as_bytes(), "process argument"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = p.env().as_deref().unwrap_or(&[]);
+    let envp = env
+        .iter()
+        .map(|e| cstring(e.as_bytes(), "environment variable"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path_var = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let search_path = !name.contains('/');
+    let candidates = if search_path {
+        path_var
+            .split(':')
+            .map(|dir| {
+                let dir = if dir.is_empty() { "." } else { dir };
+                cstring(format!("{dir}/{name}"), "PATH entry")
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        vec![cstring(name.as_bytes(), "process argument")?]
+    };
+    let cwd = p.cwd();
+    if !cwd.is_absolute() {
+        return Err(invalid(format!(
+            "process.cwd {} is not absolute",
+            cwd.display()
+        )));
+    }
+    let user = p.user();
+    let caps = p.capabilities().as_ref().map(cap_plan).transpose()?;
+    let rlimits = p
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|r| Rlimit {
+            resource: rlimit_resource(r.typ()),
+            limit: libc::rlimit {
+                rlim_cur: r.soft(),
+                rlim_max: r.hard(),
+            },
+            name: r.typ().to_string(),
+        })
+        .collect();
+    Ok(ProcessPlan {
+        name,
+        argv: CArray::new(argv),
+        envp: CArray::new(envp),
+        candidates,
+        search_path,
+        cwd: path_cstring(cwd, "process.cwd")?,
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: user.additional_gids().clone().unwrap_or_default(),
+        umask: user.umask().unwrap_or(0o022) & 0o777,
+        caps,
+        no_new_privs: p.no_new_privileges().unwrap_or(false),
+        rlimits,
+    })
+}
+
+fn rlimit_resource(t: PosixRlimitType) -> c_int {
+    let r = match t {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    };
+    r as c_int
+}
+
+fn cap_plan(c: &LinuxCapabilities) -> Result<CapPlan, LaunchError> {
+    let last_cap = last_cap()?;
+    let mask = if last_cap >= 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last_cap + 1)) - 1
+    };
+    let bits = |set: &Option<Capabilities>| {
+        set.iter()
+            .flatten()
+            .fold(0u64, |acc, cap| acc | (1u64 << cap_number(cap)))
+            & mask
+    };
+    Ok(CapPlan {
+        bounding: bits(c.bounding()),
+        effective: bits(c.effective()),
+        permitted: bits(c.permitted()),
+        inheritable: bits(c.inheritable()),
+        ambient: bits(c.ambient()),
+        last_cap,
+    })
+}
+
+/// The highest capability number the running kernel knows.
+fn last_cap() -> Result<u32, LaunchError> {
+    static LAST: OnceLock<u32> = OnceLock::new();
+    if let Some(v) = LAST.get() {
+        return Ok(*v);
+    }
+    let path = "/proc/sys/kernel/cap_last_cap";
+    let text = std::fs::read_to_string(path).map_err(|e| host_io(format!("reading {path}"), e))?;
+    let v = text
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| invalid(format!("{path} holds {text:?}")))?;
+    Ok(*LAST.get_or_init(|| v))
+}
+
+fn cap_number(c: &Capability) -> u32 {
+    match c {
+        Capability::Chown => 0,
+        Capability::DacOverride => 1,
+        Capability::DacReadSearch => 2,
+        Capability::Fowner => 3,
+        Capability::Fsetid => 4,
+        Capability::Kill => 5,
+        Capability::Setgid => 6,
+        Capability::Setuid => 7,
+        Capability::Setpcap => 8,
+        Capability::LinuxImmutable => 9,
+        Capability::NetBindService => 10,
+        Capability::NetBroadcast => 11,
+        Capability::NetAdmin => 12,
+        Capability::NetRaw => 13,
+        Capability::IpcLock => 14,
+        Capability::IpcOwner => 15,
+        Capability::SysModule => 16,
+        Capability::SysRawio => 17,
+        Capability::SysChroot => 18,
+        Capability::SysPtrace => 19,
+        Capability::SysPacct => 20,
+        Capability::SysAdmin => 21,
+        Capability::SysBoot => 22,
+        Capability::SysNice => 23,
+        Capability::SysResource => 24,
+        Capability::SysTime => 25,
+        Capability::SysTtyConfig => 26,
+        Capability::Mknod => 27,
+        Capability::Lease => 28,
+        Capability::AuditWrite => 29,
+        Capability::AuditControl => 30,
+        Capability::Setfcap => 31,
+        Capability::MacOverride => 32,
+        Capability::MacAdmin => 33,
+        Capability::Syslog => 34,
+        Capability::WakeAlarm => 35,
+        Capability::BlockSuspend => 36,
+        Capability::AuditRead => 37,
+        Capability::Perfmon => 38,
+        Capability::Bpf => 39,
+        Capability::CheckpointRestore => 40,
+    }
+}

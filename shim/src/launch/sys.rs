@@ -1,0 +1,412 @@
+//! Thin system-call wrappers for the launcher. Everything here may run between `fork` and
+//! `execve` in a child of a multi-threaded process: no locks, no logging; errors are plain
+//! `io::Error`s built from errno.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use libc::{c_int, c_ulong, pid_t};
+
+/// Turns a `-1` return into the errno as an `io::Error`.
+pub(super) fn cvt(ret: c_int) -> io::Result<c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Leaves the process immediately, without running atexit handlers or destructors.
+pub(super) fn exit(code: c_int) -> ! {
+    // SAFETY: _exit never returns and touches no process state we care about.
+    unsafe { libc::_exit(code) }
+}
+
+/// A close-on-exec pipe `(read, write)` whose ends are never 0, 1 or 2 (a child dup2()s
+/// its stdio over those numbers).
+pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds is a valid array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+/// Moves `fd` to a number above 2 if it is one of the stdio numbers.
+pub(super) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl on a descriptor we own.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Opens `path` with `flags | O_CLOEXEC`.
+pub(super) fn open(path: &CStr, flags: c_int) -> io::Result<OwnedFd> {
+    // SAFETY: path is NUL-terminated.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: open returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Writes all of `buf`, retrying on EINTR and short writes.
+pub(super) fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing and writes `value` to it (procfs and cgroupfs files).
+pub(super) fn write_file(path: &CStr, value: &[u8]) -> io::Result<()> {
+    let fd = open(path, libc::O_WRONLY)?;
+    write_all(fd.as_raw_fd(), value)
+}
+
+/// Reads one byte; `None` at end of file.
+pub(super) fn read_byte(fd: RawFd) -> io::Result<Option<u8>> {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reading one byte into a local.
+        let n = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+        match n {
+            0 => return Ok(None),
+            1 => return Ok(Some(b)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// `fork()` with every signal blocked across the call, so that no handler of the parent
+/// runs in the child. Returns 0 in the child, whose signals stay blocked until
+/// [`unblock_signals`]; the parent's mask is restored.
+pub(super) fn fork() -> io::Result<pid_t> {
+    // SAFETY: sigset_t is plain data; the calls only read and write these locals.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::fork();
+        if pid != 0 {
+            let err = io::Error::last_os_error();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            if pid < 0 {
+                return Err(err);
+            }
+        }
+        Ok(pid)
+    }
+}
+
+/// Resets every signal disposition to the default (ignored signals stay ignored across
+/// execve otherwise: Rust programs ignore SIGPIPE).
+pub(super) fn reset_signal_handlers() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: setting the default disposition; errors (reserved signals) are ignored.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}
+
+/// Unblocks every signal of the calling thread.
+pub(super) fn unblock_signals() {
+    // SAFETY: an empty set from sigemptyset.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// Closes every descriptor from 3 up, except those in `keep` (sorted ascending).
+pub(super) fn close_fds_except(keep: &[RawFd]) {
+    let mut low: u32 = 3;
+    for &fd in keep {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < low {
+            continue;
+        }
+        if fd > low {
+            close_range(low, fd - 1);
+        }
+        low = fd + 1;
+    }
+    close_range(low, u32::MAX);
+}
+
+fn close_range(low: u32, high: u32) {
+    // SAFETY: close_range only closes descriptors; nothing in this process uses them any more.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, low, high, 0u32) };
+    if r < 0 {
+        // Kernels before 5.9: close one by one up to a sane bound.
+        for fd in low..high.min(65536) {
+            // SAFETY: as above.
+            unsafe { libc::close(fd as c_int) };
+        }
+    }
+}
+
+/// Waits for `pid` to exit and reaps it; returns the raw wait status.
+pub(super) fn waitpid(pid: pid_t) -> io::Result<c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Waits until `pid` has exited without reaping it (its parent's reaper still gets the
+/// exit status). Returns at once if it is not our child (any more).
+pub(super) fn wait_exited(pid: pid_t) {
+    loop {
+        // SAFETY: siginfo_t is plain data and a valid out pointer.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// A human description of a wait status.
+pub(super) fn describe_status(status: c_int) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("wait status {status:#x}")
+    }
+}
+
+/// `mount(2)` with optional source, type and data.
+pub(super) fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: every pointer is NUL-terminated or null.
+    cvt(unsafe {
+        libc::mount(
+            ptr(source),
+            target.as_ptr(),
+            ptr(fstype),
+            flags,
+            ptr(data).cast(),
+        )
+    })
+    .map(drop)
+}
+
+/// The per-mount flags of the mount at `path` that a bind remount must repeat (a remount
+/// that would clear a locked flag fails).
+pub(super) fn mount_flags(path: &CStr) -> io::Result<c_ulong> {
+    // SAFETY: statvfs is plain data and a valid out pointer.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        cvt(libc::statvfs(path.as_ptr(), &mut st))?;
+        st
+    };
+    let map = [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ];
+    Ok(map
+        .iter()
+        .filter(|(st_flag, _)| st.f_flag & st_flag != 0)
+        .fold(0, |acc, (_, ms)| acc | ms))
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Makes the mount at `path` and every mount below it read-only (`mount_setattr`, 5.12+).
+pub(super) fn make_tree_readonly(path: &CStr) -> io::Result<()> {
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: attr is a valid mount_attr of the size passed.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// `pivot_root(".", ".")` then detach the old root stacked on the new one; the calling
+/// process's cwd must be the new root (a mount point).
+pub(super) fn pivot_to_cwd() -> io::Result<()> {
+    let dot = c".";
+    // SAFETY: NUL-terminated paths.
+    cvt_long(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::chdir(c"/".as_ptr()) }).map(drop)
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Sets the calling thread's effective, permitted and inheritable capability sets.
+pub(super) fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let half = |v: u64, i: u32| (v >> (32 * i)) as u32;
+    let data = [0, 1].map(|i| CapData {
+        effective: half(effective, i),
+        permitted: half(permitted, i),
+        inheritable: half(inheritable, i),
+    });
+    // SAFETY: header and a two-element data array, as capset(2) version 3 wants.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    })
+    .map(drop)
+}
+
+/// `prctl` with up to four integer arguments.
+pub(super) fn prctl(option: c_int, a: c_ulong, b: c_ulong) -> io::Result<()> {
+    // SAFETY: the options used here take integer arguments only.
+    cvt(unsafe { libc::prctl(option, a, b, 0 as c_ulong, 0 as c_ulong) }).map(drop)
+}
+
+/// The text of an OS error in Go's style (lower-case, no "(os error N)"), as containerd
+/// users know it from runc: `no such file or directory`.
+pub(super) fn errno_text(e: &io::Error) -> String {
+    let Some(code) = e.raw_os_error() else {
+        return e.to_string();
+    };
+    let mut buf = [0 as libc::c_char; 128];
+    // SAFETY: buf is writable for its length; the XSI/GNU variants both NUL-terminate.
+    let text = unsafe {
+        if libc::strerror_r(code, buf.as_mut_ptr(), buf.len()) != 0 {
+            return e.to_string();
+        }
+        CStr::from_ptr(buf.as_ptr())
+    };
+    let mut s = text.to_string_lossy().into_owned();
+    if let Some(first) = s.get(..1) {
+        let lower = first.to_ascii_lowercase();
+        s.replace_range(..1, &lower);
+    }
+    s
+}
+
+/// `/proc/self/fd/<fd>` as a C string, without allocating: the path through which
+/// `mount(2)` reaches exactly the file a descriptor was opened on.
+pub(super) struct FdPath {
+    buf: [u8; 32],
+}
+
+impl FdPath {
+    pub(super) fn new(fd: RawFd) -> FdPath {
+        const PREFIX: &[u8] = b"/proc/self/fd/";
+        let mut buf = [0u8; 32];
+        buf[..PREFIX.len()].copy_from_slice(PREFIX);
+        let mut digits = [0u8; 12];
+        let mut n = fd.unsigned_abs();
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            buf[PREFIX.len() + i] = digits[len - 1 - i];
+        }
+        FdPath { buf }
+    }
+
+    pub(super) fn as_cstr(&self) -> &CStr {
+        // The buffer always holds a NUL after the digits (32 > 14 + 10).
+        CStr::from_bytes_until_nul(&self.buf).unwrap_or(c"/proc/self/fd")
+    }
+}
