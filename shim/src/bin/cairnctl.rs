@@ -35,6 +35,26 @@ enum Command {
     Image(ImageCommand),
     /// Disk usage per image and per snapshot: bytes unique to each and shared.
     Du,
+    /// Lists containers; `-s` adds their writable-layer size and image (virtual) size.
+    Ps {
+        /// Include exited containers.
+        #[arg(long, short)]
+        all: bool,
+        /// Show sizes.
+        #[arg(long, short)]
+        size: bool,
+    },
+    /// Lists pods.
+    Pods,
+    /// Runs IMAGE [COMMAND...] in a new pod, waits for it, prints its output and exits
+    /// with its exit code.
+    Run {
+        /// Remove the pod and container afterwards.
+        #[arg(long)]
+        rm: bool,
+        image: String,
+        command: Vec<String>,
+    },
     /// The runtime's name, version and readiness.
     Info,
 }
@@ -75,8 +95,8 @@ enum ImageCommand {
     },
 }
 
-async fn channel(socket: &PathBuf) -> anyhow::Result<Channel> {
-    let path = socket.clone();
+async fn channel(socket: &std::path::Path) -> anyhow::Result<Channel> {
+    let path = socket.to_path_buf();
     tonic::transport::Endpoint::try_from("http://[::]:50051")?
         .connect_with_connector(tower::service_fn(move |_| {
             let p = path.clone();
@@ -104,6 +124,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Image(c) => image(ch, c).await,
         Command::Du => du(ch).await,
+        Command::Ps { all, size } => ps(ch, all, size).await,
+        Command::Pods => pods(ch).await,
+        Command::Run { rm, image, command } => run_container(ch, rm, image, command).await,
         Command::Info => info(ch).await,
     }
 }
@@ -241,21 +264,29 @@ async fn pull(
         .await
         .map_err(status_error)?
         .into_inner();
+    use std::io::IsTerminal;
     let bars = MultiProgress::new();
-    if quiet {
+    // Without a terminal (logs, CI) progress is one plain line per step instead of bars.
+    let plain = !quiet && !std::io::stderr().is_terminal();
+    if quiet || plain {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let say = |line: String| {
+        if plain {
+            eprintln!("{line}");
+        } else {
+            let _ = bars.println(line);
+        }
+    };
     let style =
         ProgressStyle::with_template("{prefix:.bold} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar());
     let mut layers: HashMap<String, ProgressBar> = HashMap::new();
     while let Some(ev) = stream.message().await.map_err(status_error)? {
         match ev.phase.as_str() {
-            "resolving" => {
-                let _ = bars.println(format!("pulling {image}"));
-            }
+            "resolving" => say(format!("pulling {image}")),
             "resolved" => {
-                let _ = bars.println(format!(
+                say(format!(
                     "manifest {} ({} layers, {})",
                     ev.digest,
                     ev.current,
@@ -271,8 +302,22 @@ async fn pull(
                 });
                 bar.set_position(ev.current.min(ev.total));
                 match ev.status.as_str() {
-                    "present" => bar.finish_with_message("already present"),
-                    "done" => bar.finish_with_message("unpacked"),
+                    "present" => {
+                        bar.finish_with_message("already present");
+                        if plain {
+                            say(format!("layer {} already present", short_id(&ev.digest)));
+                        }
+                    }
+                    "done" => {
+                        bar.finish_with_message("unpacked");
+                        if plain {
+                            say(format!(
+                                "layer {} unpacked ({})",
+                                short_id(&ev.digest),
+                                human(ev.total)
+                            ));
+                        }
+                    }
                     s => bar.set_message(s.to_string()),
                 }
             }
@@ -285,7 +330,7 @@ async fn pull(
                 if quiet {
                     println!("{}", ev.image_id);
                 } else {
-                    let _ = bars.println(format!(
+                    say(format!(
                         "{image}: {} {}",
                         ev.image_id,
                         ev.repo_tags.join(" ")
@@ -386,4 +431,248 @@ fn human(bytes: u64) -> String {
     } else {
         format!("{v:.1}{}", UNITS[u])
     }
+}
+
+async fn ps(ch: Channel, all: bool, size: bool) -> anyhow::Result<()> {
+    let mut rt = RuntimeServiceClient::new(ch.clone());
+    let list = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .containers;
+    let image_sizes: HashMap<String, u64> = if size {
+        ControlClient::new(ch)
+            .disk_usage(pb::DiskUsageRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|i| (i.image_id, i.size_bytes))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let header = format!(
+        "{:<14} {:<14} {:<20} {:<10} {:<14}",
+        "CONTAINER", "IMAGE", "NAME", "STATE", "POD"
+    );
+    println!("{header}{}", if size { "  SIZE" } else { "" });
+    for c in list {
+        let running = c.state == cri::ContainerState::ContainerRunning as i32;
+        if !all && !running && c.state != cri::ContainerState::ContainerCreated as i32 {
+            continue;
+        }
+        let state = cri::ContainerState::try_from(c.state)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("CONTAINER_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        let name = c
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let mut line = format!(
+            "{:<14} {:<14} {:<20} {:<10} {:<14}",
+            short_id(&c.id),
+            short_id(&c.image_ref),
+            name,
+            state,
+            short_id(&c.pod_sandbox_id)
+        );
+        if size {
+            let layer = rt
+                .container_stats(cri::ContainerStatsRequest {
+                    container_id: c.id.clone(),
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().stats)
+                .and_then(|s| s.writable_layer)
+                .and_then(|w| w.used_bytes)
+                .map(|v| v.value)
+                .unwrap_or(0);
+            let image = image_sizes.get(&c.image_ref).copied().unwrap_or(0);
+            line.push_str(&format!(
+                "  {} (virtual {})",
+                human(layer),
+                human(layer + image)
+            ));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn pods(ch: Channel) -> anyhow::Result<()> {
+    let mut rt = RuntimeServiceClient::new(ch);
+    let items = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .items;
+    println!(
+        "{:<14} {:<10} {:<30} {:<15}",
+        "POD ID", "STATE", "NAME", "NAMESPACE"
+    );
+    for p in items {
+        let meta = p.metadata.unwrap_or_default();
+        let state = if p.state == cri::PodSandboxState::SandboxReady as i32 {
+            "ready"
+        } else {
+            "notready"
+        };
+        println!(
+            "{:<14} {:<10} {:<30} {:<15}",
+            short_id(&p.id),
+            state,
+            meta.name,
+            meta.namespace
+        );
+    }
+    Ok(())
+}
+
+async fn run_container(
+    ch: Channel,
+    rm: bool,
+    image: String,
+    command: Vec<String>,
+) -> anyhow::Result<()> {
+    let mut rt = RuntimeServiceClient::new(ch.clone());
+    let mut images = ImageServiceClient::new(ch.clone());
+    let spec = Some(cri::ImageSpec {
+        image: image.clone(),
+        ..Default::default()
+    });
+    let present = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec.clone(),
+            verbose: false,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .image
+        .is_some();
+    if !present {
+        images
+            .pull_image(cri::PullImageRequest {
+                image: spec.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(status_error)?;
+    }
+    let uid = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let name = format!("run-{}", &uid[uid.len().saturating_sub(8)..]);
+    let log_dir = std::env::temp_dir().join(format!("cairnctl-{uid}"));
+    std::fs::create_dir_all(&log_dir)?;
+    let pod_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: "cairnctl".into(),
+            attempt: 0,
+        }),
+        hostname: name.clone(),
+        log_directory: log_dir.display().to_string(),
+        ..Default::default()
+    };
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .pod_sandbox_id;
+    let result = async {
+        let ctr = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: name.clone(),
+                        attempt: 0,
+                    }),
+                    image: spec.clone(),
+                    command,
+                    log_path: "main.log".into(),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .map_err(status_error)?;
+        let status = loop {
+            let st = rt
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: ctr.clone(),
+                    verbose: false,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .status
+                .context("no status")?;
+            if st.state == cri::ContainerState::ContainerExited as i32 {
+                break st;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let log = std::fs::read_to_string(log_dir.join("main.log")).unwrap_or_default();
+        for line in log.lines() {
+            let mut parts = line.splitn(4, ' ');
+            let (_, stream, _, text) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next().unwrap_or(""),
+            );
+            if stream == Some("stderr") {
+                eprintln!("{text}");
+            } else {
+                println!("{text}");
+            }
+        }
+        anyhow::Ok(status.exit_code)
+    }
+    .await;
+    if rm {
+        let _ = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await;
+        let _ = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await;
+        let _ = std::fs::remove_dir_all(&log_dir);
+    }
+    let code = result?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }

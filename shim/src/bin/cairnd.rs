@@ -82,7 +82,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     })
     .with_context(|| format!("opening the image store in {}", config.root.display()))?;
     tracing::info!(root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "cairnd starting");
-    cairn_shim::cri::serve(&config.socket, images, shutdown_signal()).await
+    let runtime = cairn_shim::runtime::Runtime::new(images.clone(), &config.state)?;
+    runtime
+        .recover()
+        .await
+        .map_err(|e| anyhow::anyhow!("recovering pods and containers: {}", e.message()))?;
+    cairn_shim::cri::serve(&config.socket, images, runtime, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

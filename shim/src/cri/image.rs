@@ -120,7 +120,11 @@ impl CriImageService for Images {
         };
         let mut info = HashMap::new();
         if req.verbose {
-            info.insert("info".to_string(), verbose_info(&image));
+            let lowers = match image.record.top_chain_id() {
+                Some(top) => self.images.snapshotter().lowers(top).map_err(status)?,
+                None => Vec::new(),
+            };
+            info.insert("info".to_string(), verbose_info(&image, &lowers));
         }
         Ok(Response::new(cri::ImageStatusResponse {
             image: Some(to_cri(&image)),
@@ -173,7 +177,7 @@ impl CriImageService for Images {
 }
 
 /// containerd-style verbose info: the image config and where it lives.
-fn verbose_info(image: &Image) -> String {
+fn verbose_info(image: &Image, lowers: &[std::path::PathBuf]) -> String {
     let config: serde_json::Value =
         serde_json::from_slice(&image.config_json).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
@@ -183,6 +187,9 @@ fn verbose_info(image: &Image) -> String {
         "platform": image.record.platform,
         "chainID": image.record.top_chain_id(),
         "layers": image.record.layers,
+        // The committed snapshot dirs of the image's rootfs, topmost first (overlay's
+        // lowerdir order), for operators debugging a node.
+        "snapshotDirs": lowers,
     })
     .to_string()
 }

@@ -39,6 +39,7 @@ pub fn status(e: cairn_snapshotter::Error) -> tonic::Status {
 pub async fn serve(
     socket: &Path,
     images: Arc<ImageService>,
+    runtime: Arc<crate::runtime::Runtime>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let listener = bind(socket)?;
@@ -46,9 +47,7 @@ pub async fn serve(
     tracing::info!(socket = %socket.display(), "serving CRI");
     tonic::transport::Server::builder()
         .layer(AlphaLayer)
-        .add_service(RuntimeServiceServer::new(runtime::Runtime::new(
-            images.clone(),
-        )))
+        .add_service(RuntimeServiceServer::new(runtime::RuntimeApi::new(runtime)))
         .add_service(ImageServiceServer::new(image::Images::new(images.clone())))
         .add_service(ControlServer::new(crate::control::Control::new(images)))
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -1,0 +1,90 @@
+//! cairn-shim: one per pod. Holds the pod's namespaces, is the subreaper of its
+//! containers, writes their CRI logs and records their exits, and serves containerd's
+//! shim v2 Task API over ttrpc on `<pod dir>/shim.sock` for cairnd.
+//!
+//! Usage: `cairn-shim <pod id> <pod dir> <hostname> [--host-network] [--host-ipc]`.
+//! It prints `ready <pid>` on stdout once it serves, then closes stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cairn_shim::podns::{self, PodNamespaces};
+use cairn_shim::task::TaskService;
+use containerd_shim_protos::shim::shim_ttrpc::create_task;
+use containerd_shim_protos::ttrpc::Server;
+
+struct Args {
+    pod_id: String,
+    dir: PathBuf,
+    ns: PodNamespaces,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut positional = Vec::new();
+    let mut ns = PodNamespaces::default();
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--host-network" => ns.host_network = true,
+            "--host-ipc" => ns.host_ipc = true,
+            s if s.starts_with("--") => return Err(format!("unknown flag {s}")),
+            _ => positional.push(a),
+        }
+    }
+    let [pod_id, dir, hostname]: [String; 3] = positional.try_into().map_err(|_| {
+        "usage: cairn-shim <pod id> <pod dir> <hostname> [--host-network] [--host-ipc]".to_string()
+    })?;
+    ns.hostname = hostname;
+    Ok(Args {
+        pod_id,
+        dir: PathBuf::from(dir),
+        ns,
+    })
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("cairn-shim: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = parse()?;
+    // Namespaces first, while this process has a single thread.
+    podns::create(&args.dir, &args.ns)?;
+    // SAFETY: prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
+    let socket = args.dir.join("shim.sock");
+    let _ = std::fs::remove_file(&socket);
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    let service = TaskService::new(&args.dir, stop_tx);
+    let mut server = Server::new()
+        .bind(&format!("unix://{}", socket.display()))
+        .map_err(|e| format!("binding {}: {e}", socket.display()))?
+        .register_service(create_task(Arc::new(service)));
+    server.start().map_err(|e| format!("serving: {e}"))?;
+    tracing::info!(pod = %args.pod_id, pid = std::process::id(), "shim serving");
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready {}", std::process::id());
+    let _ = out.flush();
+    // SAFETY: closing our own stdout so the reader sees EOF.
+    unsafe { libc::close(1) };
+    let _ = stop_rx.recv();
+    // Let the Shutdown reply reach cairnd before the socket goes away.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    server.shutdown();
+    podns::release(&args.dir);
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!(pod = %args.pod_id, "shim exiting");
+    Ok(())
+}

@@ -1,0 +1,1133 @@
+//! cairnd's pod and container lifecycle: records in the metadata store, one `cairn-shim`
+//! per pod reached over ttrpc, and the CRI semantics kubelet relies on (name reuse,
+//! idempotent stop/remove, exit reasons). cairnd keeps nothing in memory that it could
+//! not rebuild from the store and the shims: [`Runtime::recover`] reconnects after a
+//! restart and learns the exits that happened while it was down.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::cri;
+use cairn_snapshotter::image::ImageService;
+use cairn_snapshotter::store::Store;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::shim::shim as task;
+use containerd_shim_protos::shim_async::TaskClient;
+use containerd_shim_protos::ttrpc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, Mutex};
+use tonic::Status;
+
+use crate::podns;
+use crate::spec::{self, ContainerContext, PodContext};
+use crate::task::{overlay_to, read_exit, StatsJson, REOPEN_LOG};
+
+const PODS: &str = "pods";
+const CONTAINERS: &str = "containers";
+
+/// A pod as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    pub config: cri::PodSandboxConfig,
+    pub runtime_handler: String,
+    pub ready: bool,
+    pub created_ns: i64,
+    pub shim_pid: u32,
+    pub dir: PathBuf,
+}
+
+/// A container as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub config: cri::ContainerConfig,
+    pub image_id: String,
+    pub image_ref: String,
+    pub state: i32,
+    pub created_ns: i64,
+    pub started_ns: i64,
+    pub finished_ns: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub log_path: String,
+    pub pid: u32,
+    pub stop_signal: i32,
+}
+
+fn now_ns() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
+}
+
+fn new_id() -> String {
+    let mut buf = [0u8; 32];
+    if getrandom(&mut buf).is_err() {
+        let t = now_ns().to_le_bytes();
+        buf[..8].copy_from_slice(&t);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn store_err(e: cairn_snapshotter::Error) -> Status {
+    crate::cri::status(e)
+}
+
+fn ttrpc_status(what: &str, e: ttrpc::Error) -> Status {
+    match e {
+        ttrpc::Error::RpcStatus(s) => {
+            let msg = format!("{what}: {}", s.message);
+            match s.code() {
+                ttrpc::Code::NOT_FOUND => Status::not_found(msg),
+                ttrpc::Code::INVALID_ARGUMENT => Status::invalid_argument(msg),
+                ttrpc::Code::ALREADY_EXISTS => Status::already_exists(msg),
+                ttrpc::Code::FAILED_PRECONDITION => Status::failed_precondition(msg),
+                _ => Status::internal(msg),
+            }
+        }
+        other => Status::unavailable(format!("{what}: pod shim unreachable: {other}")),
+    }
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(0)
+}
+
+/// The runtime state shared by the CRI handlers.
+pub struct Runtime {
+    pub images: Arc<ImageService>,
+    state: PathBuf,
+    shim_bin: PathBuf,
+    shims: Mutex<HashMap<String, TaskClient>>,
+    /// Serialises changes to pod and container records.
+    lock: Mutex<()>,
+    events: broadcast::Sender<cri::ContainerEventResponse>,
+}
+
+impl Runtime {
+    pub fn new(images: Arc<ImageService>, state: &Path) -> anyhow::Result<Arc<Runtime>> {
+        let shim_bin = std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("cairn-shim"))
+            .unwrap_or_else(|| PathBuf::from("cairn-shim"));
+        for d in ["pods", "containers"] {
+            std::fs::create_dir_all(state.join(d))?;
+        }
+        let (events, _) = broadcast::channel(256);
+        Ok(Arc::new(Runtime {
+            images,
+            state: state.to_path_buf(),
+            shim_bin,
+            shims: Mutex::new(HashMap::new()),
+            lock: Mutex::new(()),
+            events,
+        }))
+    }
+
+    fn store(&self) -> &Store {
+        self.images.metadata()
+    }
+
+    pub fn pods(&self) -> Result<Vec<PodRecord>, Status> {
+        self.store().list_records(PODS).map_err(store_err)
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, Status> {
+        self.store().list_records(CONTAINERS).map_err(store_err)
+    }
+
+    pub fn pod(&self, id: &str) -> Result<PodRecord, Status> {
+        self.find_pod(id)?
+            .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))
+    }
+
+    fn find_pod(&self, id: &str) -> Result<Option<PodRecord>, Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument("pod sandbox ID is empty"));
+        }
+        if let Some(p) = self.store().get_record(PODS, id).map_err(store_err)? {
+            return Ok(Some(p));
+        }
+        // A unique prefix, as crictl users type them.
+        let matches: Vec<PodRecord> = self
+            .pods()?
+            .into_iter()
+            .filter(|p| p.id.starts_with(id))
+            .collect();
+        Ok((matches.len() == 1)
+            .then(|| matches.into_iter().next())
+            .flatten())
+    }
+
+    pub fn container(&self, id: &str) -> Result<ContainerRecord, Status> {
+        self.find_container(id)?
+            .ok_or_else(|| Status::not_found(format!("container {id} not found")))
+    }
+
+    fn find_container(&self, id: &str) -> Result<Option<ContainerRecord>, Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument("container ID is empty"));
+        }
+        if let Some(c) = self.store().get_record(CONTAINERS, id).map_err(store_err)? {
+            return Ok(Some(c));
+        }
+        let matches: Vec<ContainerRecord> = self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.id.starts_with(id))
+            .collect();
+        Ok((matches.len() == 1)
+            .then(|| matches.into_iter().next())
+            .flatten())
+    }
+
+    fn save_pod(&self, p: &PodRecord) -> Result<(), Status> {
+        self.store().put_record(PODS, &p.id, p).map_err(store_err)
+    }
+
+    fn save_container(&self, c: &ContainerRecord) -> Result<(), Status> {
+        self.store()
+            .put_record(CONTAINERS, &c.id, c)
+            .map_err(store_err)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<cri::ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    fn event(&self, c: &ContainerRecord, kind: cri::ContainerEventType) {
+        let _ = self.events.send(cri::ContainerEventResponse {
+            container_id: c.id.clone(),
+            container_event_type: kind as i32,
+            created_at: now_ns(),
+            ..Default::default()
+        });
+    }
+
+    async fn shim(&self, pod: &PodRecord) -> Result<TaskClient, Status> {
+        if let Some(c) = self.shims.lock().await.get(&pod.id) {
+            return Ok(c.clone());
+        }
+        let sock = format!("unix://{}", pod.dir.join("shim.sock").display());
+        let client = ttrpc::asynchronous::Client::connect(&sock)
+            .await
+            .map_err(|e| Status::unavailable(format!("pod {}: shim unreachable: {e}", pod.id)))?;
+        let task = TaskClient::new(client);
+        self.shims.lock().await.insert(pod.id.clone(), task.clone());
+        Ok(task)
+    }
+
+    // ---- pods --------------------------------------------------------------------------
+
+    pub async fn run_pod(
+        &self,
+        config: cri::PodSandboxConfig,
+        handler: String,
+    ) -> Result<String, Status> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("RunPodSandbox: metadata is required"))?;
+        if meta.name.is_empty() || meta.namespace.is_empty() {
+            return Err(Status::invalid_argument(
+                "RunPodSandbox: metadata.name and metadata.namespace are required",
+            ));
+        }
+        if !handler.is_empty() && handler != "cairn" && handler != "runc" {
+            return Err(Status::invalid_argument(format!(
+                "RunPodSandbox: unknown runtime handler {handler:?}"
+            )));
+        }
+        let guard = self.lock.lock().await;
+        if let Some(other) = self.pods()?.into_iter().find(|p| {
+            p.config.metadata.as_ref().is_some_and(|m| {
+                m.name == meta.name
+                    && m.namespace == meta.namespace
+                    && m.uid == meta.uid
+                    && m.attempt == meta.attempt
+            })
+        }) {
+            return Err(Status::already_exists(format!(
+                "pod sandbox {}/{} (attempt {}) already exists as {}",
+                meta.namespace, meta.name, meta.attempt, other.id
+            )));
+        }
+        let id = new_id();
+        let dir = self.state.join("pods").join(&id);
+        let mut pod = PodRecord {
+            id: id.clone(),
+            config,
+            runtime_handler: handler,
+            ready: false,
+            created_ns: now_ns(),
+            shim_pid: 0,
+            dir: dir.clone(),
+        };
+        // Recorded before anything is made, so a crash leaves something to clean up.
+        self.save_pod(&pod)?;
+        drop(guard);
+        match self.start_pod(&mut pod).await {
+            Ok(()) => {
+                pod.ready = true;
+                self.save_pod(&pod)?;
+                Ok(id)
+            }
+            Err(e) => {
+                self.teardown_pod(&pod).await;
+                let _ = self.store().delete_record(PODS, &id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_pod(&self, pod: &mut PodRecord) -> Result<(), Status> {
+        std::fs::create_dir_all(&pod.dir).map_err(internal)?;
+        let hostname = pod_hostname(&pod.config);
+        write_pod_files(&pod.dir, &pod.config, &hostname).map_err(internal)?;
+        let host_network = namespace_mode(&pod.config, |o| o.network) == cri::NamespaceMode::Node;
+        let host_ipc = namespace_mode(&pod.config, |o| o.ipc) == cri::NamespaceMode::Node;
+        let mut cmd = tokio::process::Command::new(&self.shim_bin);
+        cmd.arg(&pod.id).arg(&pod.dir).arg(&hostname);
+        if host_network {
+            cmd.arg("--host-network");
+        }
+        if host_ipc {
+            cmd.arg("--host-ipc");
+        }
+        let log = std::fs::File::create(pod.dir.join("shim.log")).map_err(internal)?;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(false);
+        // SAFETY: setsid is async-signal-safe; the shim gets a session of its own so that
+        // signals to cairnd's process group never reach it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| internal(format!("starting {}: {e}", self.shim_bin.display())))?;
+        let stdout = child.stdout.take().ok_or_else(|| internal("shim stdout"))?;
+        let ready = tokio::time::timeout(Duration::from_secs(10), async {
+            use tokio::io::AsyncBufReadExt;
+            let mut line = String::new();
+            tokio::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .await
+                .map(|_| line)
+        })
+        .await;
+        // Reap the shim whenever it exits, so it never lingers as a zombie.
+        let pid = child.id().unwrap_or(0);
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        match ready {
+            Ok(Ok(line)) if line.starts_with("ready") => {}
+            _ => {
+                let log = std::fs::read_to_string(pod.dir.join("shim.log")).unwrap_or_default();
+                return Err(Status::internal(format!(
+                    "pod {}: shim did not start: {}",
+                    pod.id,
+                    log.trim()
+                )));
+            }
+        }
+        pod.shim_pid = pid;
+        self.shim(pod).await?;
+        Ok(())
+    }
+
+    /// Stops every container of the pod and its shim; idempotent.
+    pub async fn stop_pod(&self, id: &str) -> Result<(), Status> {
+        let Some(mut pod) = self.find_pod(id)? else {
+            return Ok(());
+        };
+        for c in self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pod_id == pod.id)
+        {
+            self.stop_container(&c.id, 0).await?;
+        }
+        self.teardown_pod(&pod).await;
+        if pod.ready {
+            pod.ready = false;
+            self.save_pod(&pod)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the shim to exit (it kills what is left and releases the namespaces).
+    async fn teardown_pod(&self, pod: &PodRecord) {
+        let client = self.shims.lock().await.remove(&pod.id);
+        let client = match client {
+            Some(c) => Some(c),
+            None => self.shim(pod).await.ok(),
+        };
+        self.shims.lock().await.remove(&pod.id);
+        if let Some(c) = client {
+            let _ = c.shutdown(ctx(), &task::ShutdownRequest::default()).await;
+        }
+        // Whatever the shim could not release (it may have been killed).
+        podns::release(&pod.dir);
+        if pod.shim_pid > 0 && Path::new(&format!("/proc/{}", pod.shim_pid)).exists() {
+            let cmdline =
+                std::fs::read(format!("/proc/{}/cmdline", pod.shim_pid)).unwrap_or_default();
+            if cmdline
+                .windows(pod.id.len())
+                .any(|w| w == pod.id.as_bytes())
+            {
+                // SAFETY: signalling the shim we started for this pod.
+                unsafe { libc::kill(pod.shim_pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+
+    pub async fn remove_pod(&self, id: &str) -> Result<(), Status> {
+        let Some(pod) = self.find_pod(id)? else {
+            return Ok(());
+        };
+        self.stop_pod(&pod.id).await?;
+        for c in self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pod_id == pod.id)
+        {
+            self.remove_container(&c.id).await?;
+        }
+        podns::release(&pod.dir);
+        if let Err(e) = std::fs::remove_dir_all(&pod.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(internal(format!("removing {}: {e}", pod.dir.display())));
+            }
+        }
+        self.store().delete_record(PODS, &pod.id).map_err(store_err)
+    }
+
+    // ---- containers --------------------------------------------------------------------
+
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: cri::ContainerConfig,
+    ) -> Result<String, Status> {
+        let pod = self.pod(pod_id)?;
+        if !pod.ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready (stopped)",
+                pod.id
+            )));
+        }
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("CreateContainer: metadata is required"))?;
+        if meta.name.is_empty() {
+            return Err(Status::invalid_argument(
+                "CreateContainer: metadata.name is required",
+            ));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer {}: image is required",
+                meta.name
+            )));
+        }
+        let image = self
+            .images
+            .resolve(&image_name)
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                Status::not_found(format!("image {image_name} not found: pull it first"))
+            })?;
+        let guard = self.lock.lock().await;
+        if let Some(other) = self.containers()?.into_iter().find(|c| {
+            c.pod_id == pod.id
+                && c.config
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name == meta.name && m.attempt == meta.attempt)
+        }) {
+            return Err(Status::already_exists(format!(
+                "container {} (attempt {}) already exists in pod {} as {}",
+                meta.name, meta.attempt, pod.id, other.id
+            )));
+        }
+        let id = new_id();
+        let log_path = match (&pod.config.log_directory, &config.log_path) {
+            (d, p) if !d.is_empty() && !p.is_empty() => Path::new(d).join(p).display().to_string(),
+            _ => String::new(),
+        };
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            config: config.clone(),
+            image_id: image.record.id.clone(),
+            image_ref: image
+                .repo_tags
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.record.id.clone()),
+            state: cri::ContainerState::ContainerUnknown as i32,
+            created_ns: now_ns(),
+            started_ns: 0,
+            finished_ns: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path,
+            pid: 0,
+            stop_signal: spec::stop_signal(&image.config).unwrap_or(libc::SIGTERM),
+        };
+        self.save_container(&rec)?;
+        drop(guard);
+        match self.make_container(&pod, &mut rec, &image).await {
+            Ok(()) => {
+                rec.state = cri::ContainerState::ContainerCreated as i32;
+                self.save_container(&rec)?;
+                self.event(&rec, cri::ContainerEventType::ContainerCreatedEvent);
+                Ok(id)
+            }
+            Err(e) => {
+                self.discard_container(&rec).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn make_container(
+        &self,
+        pod: &PodRecord,
+        rec: &mut ContainerRecord,
+        image: &cairn_snapshotter::image::Image,
+    ) -> Result<(), Status> {
+        let bundle = self.state.join("containers").join(&rec.id);
+        std::fs::create_dir_all(bundle.join("rootfs")).map_err(internal)?;
+        let snapshots = self.images.snapshotter();
+        let overlay = snapshots
+            .prepare(&rec.id, image.record.top_chain_id())
+            .map_err(store_err)?;
+        let pod_ctx = pod_context(pod);
+        let cctx = ContainerContext {
+            id: &rec.id,
+            config: &rec.config,
+            image: &image.config,
+            rootfs_layers: &overlay.lowers,
+            rootfs: bundle.join("rootfs"),
+            cgroup_path: spec::cgroup_path(&pod_ctx.cgroup_parent, &rec.id),
+        };
+        let oci = spec::build_spec(&pod_ctx, &cctx).map_err(|e| match e {
+            spec::SpecError::NotFound(m) => Status::not_found(m),
+            spec::SpecError::InvalidArgument(m) => Status::invalid_argument(m),
+            other => internal(other),
+        })?;
+        oci.save(bundle.join("config.json")).map_err(internal)?;
+        let client = self.shim(pod).await?;
+        let resp = client
+            .create(
+                ctx(),
+                &task::CreateTaskRequest {
+                    id: rec.id.clone(),
+                    bundle: bundle.display().to_string(),
+                    rootfs: vec![overlay_to(&overlay)],
+                    terminal: rec.config.tty,
+                    stdout: rec.log_path.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| ttrpc_status(&format!("creating container {}", rec.id), e))?;
+        rec.pid = resp.pid;
+        Ok(())
+    }
+
+    /// Removes everything a half-made or removed container had.
+    async fn discard_container(&self, rec: &ContainerRecord) {
+        if let Ok(pod) = self.pod(&rec.pod_id) {
+            if let Ok(client) = self.shim(&pod).await {
+                let _ = client
+                    .kill(
+                        ctx(),
+                        &task::KillRequest {
+                            id: rec.id.clone(),
+                            signal: libc::SIGKILL as u32,
+                            all: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                let _ = client
+                    .delete(
+                        ctx(),
+                        &task::DeleteRequest {
+                            id: rec.id.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+            }
+            let _ = std::fs::remove_file(crate::task::exit_path(&pod.dir, &rec.id));
+        }
+        if let Err(e) = self.images.snapshotter().remove(&rec.id) {
+            tracing::warn!(container = %rec.id, error = %e, "removing writable layer");
+        }
+        let _ = std::fs::remove_dir_all(self.state.join("containers").join(&rec.id));
+        let _ = self.store().delete_record(CONTAINERS, &rec.id);
+    }
+
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<(), Status> {
+        let mut rec = self.container(id)?;
+        if rec.state != cri::ContainerState::ContainerCreated as i32 {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not in the created state",
+                rec.id
+            )));
+        }
+        let pod = self.pod(&rec.pod_id)?;
+        let client = self.shim(&pod).await?;
+        let started = client
+            .start(
+                ctx(),
+                &task::StartRequest {
+                    id: rec.id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        match started {
+            Ok(resp) => {
+                rec.pid = resp.pid;
+                rec.started_ns = now_ns();
+                rec.state = cri::ContainerState::ContainerRunning as i32;
+                self.save_container(&rec)?;
+                self.event(&rec, cri::ContainerEventType::ContainerStartedEvent);
+                self.watch(rec.id.clone(), client);
+                Ok(())
+            }
+            Err(e) => {
+                let status = ttrpc_status(&format!("starting container {}", rec.id), e);
+                rec.state = cri::ContainerState::ContainerExited as i32;
+                rec.started_ns = now_ns();
+                rec.finished_ns = rec.started_ns;
+                rec.exit_code = 128;
+                rec.reason = "StartError".into();
+                rec.message = status.message().to_string();
+                self.save_container(&rec)?;
+                self.event(&rec, cri::ContainerEventType::ContainerStoppedEvent);
+                Err(status)
+            }
+        }
+    }
+
+    /// Waits for a running container's exit in the background and records it.
+    fn watch(self: &Arc<Self>, id: String, client: TaskClient) {
+        let rt = self.clone();
+        tokio::spawn(async move {
+            let waited = client
+                .wait(
+                    ctx(),
+                    &task::WaitRequest {
+                        id: id.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            let (code, at) = match waited {
+                Ok(w) => (
+                    w.exit_status as i32,
+                    w.exited_at
+                        .as_ref()
+                        .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
+                        .unwrap_or_else(now_ns),
+                ),
+                // The shim went away: its containers are gone with it.
+                Err(_) => (255, now_ns()),
+            };
+            rt.record_exit(&id, code, at, None).await;
+        });
+    }
+
+    async fn record_exit(&self, id: &str, code: i32, at: i64, unknown: Option<&str>) {
+        let _guard = self.lock.lock().await;
+        let Ok(Some(mut rec)) = self.find_container(id) else {
+            return;
+        };
+        if rec.state == cri::ContainerState::ContainerExited as i32 {
+            return;
+        }
+        let oom = self
+            .pod(&rec.pod_id)
+            .ok()
+            .and_then(|p| read_exit(&p.dir, id))
+            .is_some_and(|e| e.oom);
+        rec.state = cri::ContainerState::ContainerExited as i32;
+        rec.exit_code = code;
+        rec.finished_ns = at;
+        rec.reason = match (unknown, oom, code) {
+            (Some(_), _, _) => "Unknown".into(),
+            (None, true, _) => "OOMKilled".into(),
+            (None, false, 0) => "Completed".into(),
+            _ => "Error".into(),
+        };
+        if let Some(m) = unknown {
+            rec.message = m.to_string();
+        }
+        if self.save_container(&rec).is_ok() {
+            self.event(&rec, cri::ContainerEventType::ContainerStoppedEvent);
+        }
+    }
+
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Status> {
+        let Some(rec) = self.find_container(id)? else {
+            return Err(Status::not_found(format!("container {id} not found")));
+        };
+        if rec.state != cri::ContainerState::ContainerRunning as i32
+            && rec.state != cri::ContainerState::ContainerCreated as i32
+        {
+            return Ok(());
+        }
+        let pod = self.pod(&rec.pod_id)?;
+        let Ok(client) = self.shim(&pod).await else {
+            self.record_exit(&rec.id, 255, now_ns(), Some("the pod's shim is gone"))
+                .await;
+            return Ok(());
+        };
+        let kill = |signal: i32, all: bool| task::KillRequest {
+            id: rec.id.clone(),
+            signal: signal as u32,
+            all,
+            ..Default::default()
+        };
+        if rec.state == cri::ContainerState::ContainerRunning as i32 && timeout > 0 {
+            let _ = client.kill(ctx(), &kill(rec.stop_signal, false)).await;
+            let waited = tokio::time::timeout(
+                Duration::from_secs(timeout as u64),
+                client.wait(ctx(), &wait_req(&rec.id)),
+            )
+            .await;
+            if let Ok(Ok(w)) = waited {
+                self.record_exit(&rec.id, w.exit_status as i32, exited_ns(&w), None)
+                    .await;
+                return Ok(());
+            }
+        }
+        client
+            .kill(ctx(), &kill(libc::SIGKILL, true))
+            .await
+            .map_err(|e| ttrpc_status(&format!("killing container {}", rec.id), e))?;
+        if rec.state == cri::ContainerState::ContainerCreated as i32 {
+            // Never started: it exits when deleted; record it as exited now.
+            self.record_exit(&rec.id, 137, now_ns(), None).await;
+            return Ok(());
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            client.wait(ctx(), &wait_req(&rec.id)),
+        )
+        .await
+        {
+            Ok(Ok(w)) => {
+                self.record_exit(&rec.id, w.exit_status as i32, exited_ns(&w), None)
+                    .await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ttrpc_status(
+                &format!("waiting for container {}", rec.id),
+                e,
+            )),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "container {} did not exit after SIGKILL",
+                rec.id
+            ))),
+        }
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<(), Status> {
+        let Some(rec) = self.find_container(id)? else {
+            return Ok(());
+        };
+        if rec.state == cri::ContainerState::ContainerRunning as i32 {
+            self.stop_container(&rec.id, 0).await?;
+        }
+        self.discard_container(&rec).await;
+        self.event(&rec, cri::ContainerEventType::ContainerDeletedEvent);
+        Ok(())
+    }
+
+    /// Runs a command in a running container and returns (stdout, stderr, exit code).
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<(Vec<u8>, Vec<u8>, i32), Status> {
+        let rec = self.container(id)?;
+        if rec.state != cri::ContainerState::ContainerRunning as i32 {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        if cmd.is_empty() {
+            return Err(Status::invalid_argument("ExecSync: cmd is empty"));
+        }
+        let pod = self.pod(&rec.pod_id)?;
+        let client = self.shim(&pod).await?;
+        let bundle = self.state.join("containers").join(&rec.id);
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(internal)?;
+        let mut process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| internal("spec has no process"))?;
+        process.set_args(Some(cmd));
+        process.set_terminal(Some(false));
+        let exec_id = new_id()[..16].to_string();
+        let out = bundle.join(format!("exec-{exec_id}.out"));
+        let err = bundle.join(format!("exec-{exec_id}.err"));
+        let value = serde_json::to_vec(&process).map_err(internal)?;
+        let result = async {
+            client
+                .exec(
+                    ctx(),
+                    &task::ExecProcessRequest {
+                        id: rec.id.clone(),
+                        exec_id: exec_id.clone(),
+                        stdout: out.display().to_string(),
+                        stderr: err.display().to_string(),
+                        spec: MessageField::some(Any {
+                            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process"
+                                .into(),
+                            value,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| ttrpc_status(&format!("exec in {}", rec.id), e))?;
+            client
+                .start(
+                    ctx(),
+                    &task::StartRequest {
+                        id: rec.id.clone(),
+                        exec_id: exec_id.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| ttrpc_status(&format!("exec in {}", rec.id), e))?;
+            let wait_exec = task::WaitRequest {
+                id: rec.id.clone(),
+                exec_id: exec_id.clone(),
+                ..Default::default()
+            };
+            let wait = client.wait(ctx(), &wait_exec);
+            let code = if timeout > 0 {
+                match tokio::time::timeout(Duration::from_secs(timeout as u64), wait).await {
+                    Ok(r) => r.map_err(|e| ttrpc_status("exec wait", e))?.exit_status as i32,
+                    Err(_) => {
+                        let _ = client
+                            .kill(
+                                ctx(),
+                                &task::KillRequest {
+                                    id: rec.id.clone(),
+                                    exec_id: exec_id.clone(),
+                                    signal: libc::SIGKILL as u32,
+                                    ..Default::default()
+                                },
+                            )
+                            .await;
+                        let _ = client
+                            .wait(
+                                ctx(),
+                                &task::WaitRequest {
+                                    id: rec.id.clone(),
+                                    exec_id: exec_id.clone(),
+                                    ..Default::default()
+                                },
+                            )
+                            .await;
+                        return Err(Status::deadline_exceeded(format!(
+                            "ExecSync in {}: command timed out after {timeout}s and was killed",
+                            rec.id
+                        )));
+                    }
+                }
+            } else {
+                wait.await
+                    .map_err(|e| ttrpc_status("exec wait", e))?
+                    .exit_status as i32
+            };
+            Ok::<i32, Status>(code)
+        }
+        .await;
+        let _ = client
+            .delete(
+                ctx(),
+                &task::DeleteRequest {
+                    id: rec.id.clone(),
+                    exec_id: exec_id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let stdout = std::fs::read(&out).unwrap_or_default();
+        let stderr = std::fs::read(&err).unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&err);
+        Ok((stdout, stderr, result?))
+    }
+
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        r: &cri::LinuxContainerResources,
+    ) -> Result<(), Status> {
+        let rec = self.container(id)?;
+        let resources = spec::update_resources(r, &rec.id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let pod = self.pod(&rec.pod_id)?;
+        let client = self.shim(&pod).await?;
+        client
+            .update(
+                ctx(),
+                &task::UpdateTaskRequest {
+                    id: rec.id.clone(),
+                    resources: MessageField::some(Any {
+                        type_url: "io.cairn.linux-resources".into(),
+                        value: serde_json::to_vec(&resources).map_err(internal)?,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| ttrpc_status(&format!("updating container {}", rec.id), e))?;
+        let mut rec = rec;
+        if let Some(linux) = rec.config.linux.as_mut() {
+            linux.resources = Some(r.clone());
+        }
+        self.save_container(&rec)
+    }
+
+    pub async fn reopen_log(&self, id: &str) -> Result<(), Status> {
+        let rec = self.container(id)?;
+        if rec.state != cri::ContainerState::ContainerRunning as i32 {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let pod = self.pod(&rec.pod_id)?;
+        let client = self.shim(&pod).await?;
+        let mut annotations = HashMap::new();
+        annotations.insert(REOPEN_LOG.to_string(), "1".to_string());
+        client
+            .update(
+                ctx(),
+                &task::UpdateTaskRequest {
+                    id: rec.id.clone(),
+                    annotations,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| ttrpc_status(&format!("reopening the log of {}", rec.id), e))?;
+        Ok(())
+    }
+
+    /// Cgroup statistics of a container, when its shim can tell.
+    pub async fn stats(&self, rec: &ContainerRecord) -> Option<StatsJson> {
+        if rec.state != cri::ContainerState::ContainerRunning as i32 {
+            return None;
+        }
+        let pod = self.pod(&rec.pod_id).ok()?;
+        let client = self.shim(&pod).await.ok()?;
+        let resp = client
+            .stats(
+                ctx(),
+                &task::StatsRequest {
+                    id: rec.id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .ok()?;
+        serde_json::from_slice(&resp.stats.value).ok()
+    }
+
+    /// After a restart: reconnect to every pod's shim, resume watching running
+    /// containers, and record what ended while cairnd was down.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), Status> {
+        for pod in self.pods()? {
+            let client = if pod.ready {
+                self.shim(&pod).await.ok()
+            } else {
+                None
+            };
+            for c in self
+                .containers()?
+                .into_iter()
+                .filter(|c| c.pod_id == pod.id)
+            {
+                if c.state != cri::ContainerState::ContainerRunning as i32
+                    && c.state != cri::ContainerState::ContainerCreated as i32
+                {
+                    continue;
+                }
+                match &client {
+                    Some(cl) => {
+                        if c.state == cri::ContainerState::ContainerRunning as i32 {
+                            self.watch(c.id.clone(), cl.clone());
+                        }
+                    }
+                    None => match read_exit(&pod.dir, &c.id) {
+                        Some(e) => self.record_exit(&c.id, e.code, e.exited_ns, None).await,
+                        None => {
+                            self.record_exit(&c.id, 255, now_ns(), Some("the pod's shim exited"))
+                                .await
+                        }
+                    },
+                }
+            }
+            if client.is_none() && pod.ready {
+                let mut p = pod.clone();
+                p.ready = false;
+                self.teardown_pod(&p).await;
+                self.save_pod(&p)?;
+            }
+        }
+        // Containers whose record exists but whose pod is gone are removed.
+        let pods: Vec<String> = self.pods()?.into_iter().map(|p| p.id).collect();
+        for c in self.containers()? {
+            if !pods.contains(&c.pod_id) {
+                self.discard_container(&c).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn wait_req(id: &str) -> task::WaitRequest {
+    task::WaitRequest {
+        id: id.to_string(),
+        ..Default::default()
+    }
+}
+
+fn exited_ns(w: &task::WaitResponse) -> i64 {
+    w.exited_at
+        .as_ref()
+        .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
+        .unwrap_or_else(now_ns)
+}
+
+fn namespace_mode(
+    config: &cri::PodSandboxConfig,
+    pick: impl Fn(&cri::NamespaceOption) -> i32,
+) -> cri::NamespaceMode {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(|o| cri::NamespaceMode::try_from(pick(o)).unwrap_or(cri::NamespaceMode::Pod))
+        .unwrap_or(cri::NamespaceMode::Pod)
+}
+
+fn pod_hostname(config: &cri::PodSandboxConfig) -> String {
+    if namespace_mode(config, |o| o.network) == cri::NamespaceMode::Node {
+        return nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+    }
+    if !config.hostname.is_empty() {
+        return config.hostname.clone();
+    }
+    config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// hostname, hosts and resolv.conf of the pod, bind-mounted into its containers.
+fn write_pod_files(
+    dir: &Path,
+    config: &cri::PodSandboxConfig,
+    hostname: &str,
+) -> std::io::Result<()> {
+    std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+    let hosts = if namespace_mode(config, |o| o.network) == cri::NamespaceMode::Node {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+            .to_string()
+    };
+    std::fs::write(dir.join("hosts"), hosts)?;
+    let resolv = match &config.dns_config {
+        Some(d) if !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty() => {
+            let mut s = String::new();
+            if !d.searches.is_empty() {
+                s.push_str(&format!("search {}\n", d.searches.join(" ")));
+            }
+            for server in &d.servers {
+                s.push_str(&format!("nameserver {server}\n"));
+            }
+            if !d.options.is_empty() {
+                s.push_str(&format!("options {}\n", d.options.join(" ")));
+            }
+            s
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    std::fs::write(dir.join("resolv.conf"), resolv)
+}
+
+/// What the spec builder needs to know about a pod.
+pub fn pod_context(pod: &PodRecord) -> PodContext {
+    let host_network = namespace_mode(&pod.config, |o| o.network) == cri::NamespaceMode::Node;
+    let host_ipc = namespace_mode(&pod.config, |o| o.ipc) == cri::NamespaceMode::Node;
+    let pid_mode = namespace_mode(&pod.config, |o| o.pid);
+    let linux = pod.config.linux.clone().unwrap_or_default();
+    PodContext {
+        pod_id: pod.id.clone(),
+        hostname: pod_hostname(&pod.config),
+        netns: (!host_network).then(|| podns::ns_path(&pod.dir, "net")),
+        ipcns: (!host_ipc).then(|| podns::ns_path(&pod.dir, "ipc")),
+        utsns: (!host_network).then(|| podns::ns_path(&pod.dir, "uts")),
+        // A shared pid namespace is the first container's; not supported yet.
+        pidns: None,
+        host_pid: pid_mode == cri::NamespaceMode::Node,
+        resolv_conf: Some(pod.dir.join("resolv.conf")),
+        hosts: pod.dir.join("hosts"),
+        hostname_file: pod.dir.join("hostname"),
+        shm: (!host_ipc).then(|| podns::shm_path(&pod.dir)),
+        cgroup_parent: linux.cgroup_parent.clone(),
+        sysctls: linux.sysctls.clone(),
+    }
+}

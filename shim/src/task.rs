@@ -1,0 +1,912 @@
+//! The shim's side of containerd's shim v2 `Task` API (ttrpc): it creates containers
+//! with cairn's launcher, starts them, runs execs, signals, waits and deletes them,
+//! writes their CRI logs, and records every exit durably under `<pod dir>/exits/`.
+//!
+//! cairn's conventions on the Task messages: `CreateTaskRequest.bundle` holds the OCI
+//! `config.json`; `rootfs[0]` is an overlay mount (`lowerdir=a:b`, `upperdir=`,
+//! `workdir=`); `stdout` is the CRI log path. `ExecProcessRequest.spec` is the JSON OCI
+//! `Process`, and its `stdout`/`stderr` are files the exec writes to directly.
+//! `UpdateTaskRequest.resources` is JSON `LinuxResources`; the annotation
+//! `io.cairn.reopen-log` reopens the container's log instead.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::shim::shim::*;
+use containerd_shim_protos::ttrpc::{self, TtrpcContext};
+use containerd_shim_protos::types::empty::Empty;
+use containerd_shim_protos::types::task::Status;
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{Cgroup, Layout};
+use crate::crilog::{spawn_copier, LogFile, Stream};
+use crate::launch::{self, Created, Stdio};
+use cairn_snapshotter::snapshot::OverlayMount;
+
+/// Annotation on `Update` that reopens the container's log file.
+pub const REOPEN_LOG: &str = "io.cairn.reopen-log";
+
+/// A process's end, as recorded on disk and reported to cairnd.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    pub exited_ns: i64,
+    pub oom: bool,
+}
+
+/// Where the exit of container `id` is recorded.
+pub fn exit_path(pod_dir: &Path, id: &str) -> PathBuf {
+    pod_dir.join("exits").join(id)
+}
+
+/// Reads a recorded exit.
+pub fn read_exit(pod_dir: &Path, id: &str) -> Option<Exit> {
+    let bytes = std::fs::read(exit_path(pod_dir, id)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write_exit(pod_dir: &Path, id: &str, exit: &Exit) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = exit_path(pod_dir, id);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(exit).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+fn now_ns() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
+}
+
+/// One process of a container: its init or an exec.
+#[derive(Default)]
+struct Proc {
+    pid: i32,
+    /// Set up and waiting for start.
+    created: Option<Created>,
+    started: bool,
+    exit: Option<Exit>,
+}
+
+impl Proc {
+    fn status(&self) -> Status {
+        match (&self.exit, self.started, self.pid) {
+            (Some(_), _, _) => Status::STOPPED,
+            (None, true, _) => Status::RUNNING,
+            (None, false, 0) => Status::UNKNOWN,
+            (None, false, _) => Status::CREATED,
+        }
+    }
+}
+
+struct ExecProc {
+    process: oci_spec::runtime::Process,
+    stdout: String,
+    stderr: String,
+    proc: Proc,
+}
+
+struct Container {
+    bundle: String,
+    log_path: String,
+    cgroup: Option<Cgroup>,
+    oom_before: u64,
+    init: Proc,
+    execs: HashMap<String, ExecProc>,
+    log: Option<Arc<LogFile>>,
+}
+
+struct Inner {
+    pod_dir: PathBuf,
+    layout: Option<Layout>,
+    containers: Mutex<HashMap<String, Container>>,
+    exited: Condvar,
+    shutdown: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+/// The Task service of one pod's shim.
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+fn err(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+fn not_found(id: &str) -> ttrpc::Error {
+    err(
+        ttrpc::Code::NOT_FOUND,
+        format!("container {id} not found in this pod"),
+    )
+}
+
+fn timestamp(ns: i64) -> MessageField<Timestamp> {
+    MessageField::some(Timestamp {
+        seconds: ns.div_euclid(1_000_000_000),
+        nanos: ns.rem_euclid(1_000_000_000) as i32,
+        ..Default::default()
+    })
+}
+
+impl TaskService {
+    /// A service for the pod whose run dir is `pod_dir`; `shutdown` is signalled when
+    /// cairnd asks the shim to exit.
+    pub fn new(pod_dir: &Path, shutdown: std::sync::mpsc::Sender<()>) -> TaskService {
+        let layout = match Layout::detect() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "no cgroup hierarchy: containers run without limits");
+                None
+            }
+        };
+        let _ = std::fs::create_dir_all(pod_dir.join("exits"));
+        TaskService {
+            inner: Arc::new(Inner {
+                pod_dir: pod_dir.to_path_buf(),
+                layout,
+                containers: Mutex::new(HashMap::new()),
+                exited: Condvar::new(),
+                shutdown: Mutex::new(Some(shutdown)),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Container>> {
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn do_create(&self, req: &CreateTaskRequest) -> Result<u32, ttrpc::Error> {
+        if self.lock().contains_key(&req.id) {
+            return Err(err(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("container {} already exists", req.id),
+            ));
+        }
+        let config = Path::new(&req.bundle).join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&config).map_err(|e| {
+            err(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("container {}: reading {}: {e}", req.id, config.display()),
+            )
+        })?;
+        let overlay = match req.rootfs.first() {
+            Some(m) => Some(overlay_from(m).map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e))?),
+            None => None,
+        };
+        let cgroup = self.make_cgroup(&req.id, &spec)?;
+        let oom_before = cgroup
+            .as_ref()
+            .and_then(|c| c.oom_kills().ok())
+            .unwrap_or(0);
+        let log = match req.stdout.as_str() {
+            "" => None,
+            path => Some(LogFile::open(Path::new(path)).map_err(|e| {
+                err(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("container {}: opening log {path}: {e}", req.id),
+                )
+            })?),
+        };
+        let (stdio, readers) = if req.terminal {
+            (Stdio::Terminal, Vec::new())
+        } else {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            (
+                Stdio::Pipes {
+                    stdin: None,
+                    stdout: out_w,
+                    stderr: err_w,
+                },
+                vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+            )
+        };
+        let opts = launch::CreateOptions {
+            spec: &spec,
+            overlay: overlay.as_ref(),
+            cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+            stdio,
+            oom_score_adj: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.oom_score_adj())
+                .map(crate::cgroup::clamp_oom_score_adj),
+        };
+        let mut created = match launch::create(opts) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(c) = &cgroup {
+                    let _ = c.delete();
+                }
+                return Err(err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("container {}: {e}", req.id),
+                ));
+            }
+        };
+        let mut streams = readers;
+        if let Some(master) = created.pty_master.take() {
+            streams.push((master, Stream::Stdout));
+        }
+        if let Some(log) = &log {
+            for (fd, stream) in streams {
+                if let Err(e) = spawn_copier(fd, stream, log.clone()) {
+                    tracing::warn!(container = %req.id, error = %e, "log copier");
+                }
+            }
+        }
+        let pid = created.pid;
+        self.lock().insert(
+            req.id.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                log_path: req.stdout.clone(),
+                cgroup,
+                oom_before,
+                init: Proc {
+                    pid,
+                    created: Some(created),
+                    started: false,
+                    exit: None,
+                },
+                execs: HashMap::new(),
+                log,
+            },
+        );
+        self.spawn_waiter(req.id.clone(), None, pid);
+        Ok(pid as u32)
+    }
+
+    fn make_cgroup(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<Option<Cgroup>, ttrpc::Error> {
+        let (Some(layout), Some(linux)) = (&self.inner.layout, spec.linux()) else {
+            return Ok(None);
+        };
+        let Some(path) = linux.cgroups_path() else {
+            return Ok(None);
+        };
+        let fail = |e: crate::cgroup::CgroupError| {
+            err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {id}: {e}"),
+            )
+        };
+        let cgroup = Cgroup::new(layout, &path.display().to_string()).map_err(fail)?;
+        cgroup.create().map_err(fail)?;
+        if let Some(r) = linux.resources() {
+            if let Err(e) = cgroup.apply(r) {
+                let _ = cgroup.delete();
+                return Err(fail(e));
+            }
+        }
+        Ok(Some(cgroup))
+    }
+
+    /// Waits for `pid` on a small thread of its own and records its exit.
+    fn spawn_waiter(&self, id: String, exec_id: Option<String>, pid: i32) {
+        let svc = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wait".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let code = wait_code(pid);
+                svc.record_exit(&id, exec_id.as_deref(), code);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(pid, error = %e, "cannot start a waiter thread");
+        }
+    }
+
+    fn record_exit(&self, id: &str, exec_id: Option<&str>, code: i32) {
+        let mut containers = self.lock();
+        let Some(c) = containers.get_mut(id) else {
+            return;
+        };
+        let exited_ns = now_ns();
+        match exec_id {
+            Some(e) => {
+                if let Some(x) = c.execs.get_mut(e) {
+                    x.proc.exit = Some(Exit {
+                        code,
+                        exited_ns,
+                        oom: false,
+                    });
+                }
+            }
+            None => {
+                let oom = c
+                    .cgroup
+                    .as_ref()
+                    .and_then(|g| g.oom_kills().ok())
+                    .is_some_and(|n| n > c.oom_before);
+                let exit = Exit {
+                    code,
+                    exited_ns,
+                    oom,
+                };
+                c.init.exit = Some(exit);
+                if let Err(e) = write_exit(&self.inner.pod_dir, id, &exit) {
+                    tracing::error!(container = id, error = %e, "recording exit");
+                }
+            }
+        }
+        drop(containers);
+        self.inner.exited.notify_all();
+    }
+
+    fn do_start(&self, req: &StartRequest) -> Result<u32, ttrpc::Error> {
+        if !req.exec_id.is_empty() {
+            return self.start_exec(&req.id, &req.exec_id);
+        }
+        let created = {
+            let mut containers = self.lock();
+            let c = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| not_found(&req.id))?;
+            if c.init.started || c.init.exit.is_some() {
+                return Err(err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("container {} was already started", req.id),
+                ));
+            }
+            c.init.created.take().ok_or_else(|| {
+                err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("container {} is not created", req.id),
+                )
+            })?
+        };
+        let pid = created.pid;
+        match created.start() {
+            Ok(()) => {
+                if let Some(c) = self.lock().get_mut(&req.id) {
+                    c.init.started = true;
+                }
+                Ok(pid as u32)
+            }
+            Err(e) => Err(err(ttrpc::Code::FAILED_PRECONDITION, e.to_string())),
+        }
+    }
+
+    fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32, ttrpc::Error> {
+        let (target, process, stdout, stderr, cgroup_procs) = {
+            let containers = self.lock();
+            let c = containers.get(id).ok_or_else(|| not_found(id))?;
+            if !c.init.started || c.init.exit.is_some() {
+                return Err(err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("container {id} is not running"),
+                ));
+            }
+            let x = c.execs.get(exec_id).ok_or_else(|| {
+                err(
+                    ttrpc::Code::NOT_FOUND,
+                    format!("exec {exec_id} of container {id} not found"),
+                )
+            })?;
+            (
+                c.init.pid,
+                x.process.clone(),
+                x.stdout.clone(),
+                x.stderr.clone(),
+                c.cgroup
+                    .as_ref()
+                    .map(|g| g.procs_files())
+                    .unwrap_or_default(),
+            )
+        };
+        let stdio = Stdio::Pipes {
+            stdin: None,
+            stdout: open_output(&stdout)?,
+            stderr: open_output(&stderr)?,
+        };
+        let created = launch::exec(target, &process, &cgroup_procs, stdio).map_err(|e| {
+            err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("exec in {id}: {e}"),
+            )
+        })?;
+        let pid = created.pid;
+        if let Some(x) = self
+            .lock()
+            .get_mut(id)
+            .and_then(|c| c.execs.get_mut(exec_id))
+        {
+            x.proc.pid = pid;
+        }
+        self.spawn_waiter(id.to_string(), Some(exec_id.to_string()), pid);
+        match created.start() {
+            Ok(()) => {
+                if let Some(x) = self
+                    .lock()
+                    .get_mut(id)
+                    .and_then(|c| c.execs.get_mut(exec_id))
+                {
+                    x.proc.started = true;
+                }
+                Ok(pid as u32)
+            }
+            Err(e) => Err(err(ttrpc::Code::FAILED_PRECONDITION, e.to_string())),
+        }
+    }
+
+    /// Blocks until the process has an exit.
+    fn wait_exit(&self, id: &str, exec_id: &str) -> Result<Exit, ttrpc::Error> {
+        let mut containers = self.lock();
+        loop {
+            let c = containers.get(id).ok_or_else(|| not_found(id))?;
+            let exit = match exec_id {
+                "" => c.init.exit,
+                e => {
+                    c.execs
+                        .get(e)
+                        .ok_or_else(|| {
+                            err(
+                                ttrpc::Code::NOT_FOUND,
+                                format!("exec {e} of container {id} not found"),
+                            )
+                        })?
+                        .proc
+                        .exit
+                }
+            };
+            if let Some(exit) = exit {
+                return Ok(exit);
+            }
+            if exec_id.is_empty() && c.init.pid == 0 {
+                return Err(err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("container {id} has no process"),
+                ));
+            }
+            containers = self
+                .inner
+                .exited
+                .wait(containers)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn do_kill(&self, req: &KillRequest) -> Result<(), ttrpc::Error> {
+        let containers = self.lock();
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let signal = req.signal as i32;
+        if req.all && req.exec_id.is_empty() {
+            if let Some(g) = &c.cgroup {
+                if signal == libc::SIGKILL {
+                    return g.kill_all().map_err(|e| {
+                        err(ttrpc::Code::INTERNAL, format!("container {}: {e}", req.id))
+                    });
+                }
+                for pid in g.procs().unwrap_or_default() {
+                    // SAFETY: kill(2) with a pid from the container's own cgroup.
+                    unsafe { libc::kill(pid, signal) };
+                }
+                return Ok(());
+            }
+        }
+        let proc = match req.exec_id.as_str() {
+            "" => &c.init,
+            e => &c.execs.get(e).ok_or_else(|| not_found(e))?.proc,
+        };
+        if proc.exit.is_some() || proc.pid <= 0 {
+            // Already gone: killing it again is not an error (kubelet retries stops).
+            return Ok(());
+        }
+        // SAFETY: kill(2) on a process this shim started and has not reaped.
+        let r = unsafe { libc::kill(proc.pid, signal) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(err(
+                    ttrpc::Code::INTERNAL,
+                    format!("kill {}: {e}", proc.pid),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn do_delete(&self, req: &DeleteRequest) -> Result<DeleteResponse, ttrpc::Error> {
+        let mut containers = self.lock();
+        if !req.exec_id.is_empty() {
+            let c = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| not_found(&req.id))?;
+            let x = c
+                .execs
+                .remove(&req.exec_id)
+                .ok_or_else(|| not_found(&req.exec_id))?;
+            let exit = x.proc.exit.unwrap_or(Exit {
+                code: 255,
+                exited_ns: now_ns(),
+                oom: false,
+            });
+            return Ok(DeleteResponse {
+                pid: x.proc.pid as u32,
+                exit_status: exit.code as u32,
+                exited_at: timestamp(exit.exited_ns),
+                ..Default::default()
+            });
+        }
+        let Some(c) = containers.get(&req.id) else {
+            return Err(not_found(&req.id));
+        };
+        if c.init.exit.is_none() && c.init.started {
+            return Err(err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {} is still running", req.id),
+            ));
+        }
+        let c = containers
+            .remove(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        drop(containers);
+        // A created-but-never-started process exits when its start handle is dropped.
+        drop(c.init.created);
+        if let Some(g) = &c.cgroup {
+            let _ = g.kill_all();
+            if let Err(e) = g.delete() {
+                tracing::warn!(container = %req.id, error = %e, "deleting cgroup");
+            }
+        }
+        let exit = c.init.exit.unwrap_or(Exit {
+            code: 255,
+            exited_ns: now_ns(),
+            oom: false,
+        });
+        Ok(DeleteResponse {
+            pid: c.init.pid as u32,
+            exit_status: exit.code as u32,
+            exited_at: timestamp(exit.exited_ns),
+            ..Default::default()
+        })
+    }
+
+    /// Kills every container, deletes their cgroups and tells the main thread to exit.
+    fn do_shutdown(&self) {
+        let containers: Vec<(String, Option<Cgroup>, i32)> = self
+            .lock()
+            .iter()
+            .map(|(id, c)| (id.clone(), c.cgroup.clone(), c.init.pid))
+            .collect();
+        for (_, cgroup, pid) in &containers {
+            match cgroup {
+                Some(g) => {
+                    let _ = g.kill_all();
+                }
+                None if *pid > 0 => {
+                    // SAFETY: kill(2) on a process this shim started.
+                    unsafe { libc::kill(*pid, libc::SIGKILL) };
+                }
+                None => {}
+            }
+        }
+        for (id, _, _) in &containers {
+            let _ = self.do_delete(&DeleteRequest {
+                id: id.clone(),
+                ..Default::default()
+            });
+        }
+        if let Some(tx) = self
+            .inner
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn wait_code(pid: i32) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            if libc::WIFSIGNALED(status) {
+                return 128 + libc::WTERMSIG(status);
+            }
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        // Reaped elsewhere (a failed start): its status is lost.
+        return 255;
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ttrpc::Error> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| err(ttrpc::Code::INTERNAL, format!("pipe: {e}")))
+}
+
+fn open_output(path: &str) -> Result<OwnedFd, ttrpc::Error> {
+    if path.is_empty() {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| err(ttrpc::Code::INTERNAL, format!("/dev/null: {e}")));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| {
+            err(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("exec output {path}: {e}"),
+            )
+        })
+}
+
+/// The overlay described by a Task API mount (`lowerdir=a:b`, `upperdir=`, `workdir=`).
+pub fn overlay_from(
+    m: &containerd_shim_protos::types::mount::Mount,
+) -> Result<OverlayMount, String> {
+    if m.type_ != "overlay" {
+        return Err(format!(
+            "rootfs mount type {:?}: only overlay is supported",
+            m.type_
+        ));
+    }
+    let mut lowers = Vec::new();
+    let (mut upper, mut work) = (None, None);
+    for opt in &m.options {
+        if let Some(l) = opt.strip_prefix("lowerdir=") {
+            lowers.extend(l.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
+        } else if let Some(u) = opt.strip_prefix("upperdir=") {
+            upper = Some(PathBuf::from(u));
+        } else if let Some(w) = opt.strip_prefix("workdir=") {
+            work = Some(PathBuf::from(w));
+        }
+    }
+    let upper = match (upper, work) {
+        (Some(u), Some(w)) => Some((u, w)),
+        (None, None) => None,
+        _ => return Err("rootfs overlay needs both upperdir and workdir".into()),
+    };
+    Ok(OverlayMount { lowers, upper })
+}
+
+/// The Task API mount for an overlay.
+pub fn overlay_to(m: &OverlayMount) -> containerd_shim_protos::types::mount::Mount {
+    let lowers: Vec<String> = m.lowers.iter().map(|p| p.display().to_string()).collect();
+    let mut options = vec![format!("lowerdir={}", lowers.join(":"))];
+    if let Some((u, w)) = &m.upper {
+        options.push(format!("upperdir={}", u.display()));
+        options.push(format!("workdir={}", w.display()));
+    }
+    containerd_shim_protos::types::mount::Mount {
+        type_: "overlay".into(),
+        source: "overlay".into(),
+        options,
+        ..Default::default()
+    }
+}
+
+impl containerd_shim_protos::shim::shim_ttrpc::Task for TaskService {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> ttrpc::Result<CreateTaskResponse> {
+        let pid = self.do_create(&req)?;
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+        let pid = self.do_start(&req)?;
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
+        let containers = self.lock();
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let proc = match req.exec_id.as_str() {
+            "" => &c.init,
+            e => &c.execs.get(e).ok_or_else(|| not_found(e))?.proc,
+        };
+        let mut resp = StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.clone(),
+            pid: proc.pid as u32,
+            stdout: c.log_path.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        resp.status = proc.status().into();
+        if let Some(exit) = proc.exit {
+            resp.exit_status = exit.code as u32;
+            resp.exited_at = timestamp(exit.exited_ns);
+        }
+        Ok(resp)
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+        self.do_delete(&req)
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
+        self.do_kill(&req)?;
+        Ok(Empty::default())
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&req.spec.value).map_err(|e| {
+                err(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("exec process spec: {e}"),
+                )
+            })?;
+        let mut containers = self.lock();
+        let c = containers
+            .get_mut(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(err(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("exec {} already exists", req.exec_id),
+            ));
+        }
+        c.execs.insert(
+            req.exec_id.clone(),
+            ExecProc {
+                process,
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                proc: Proc::default(),
+            },
+        );
+        Ok(Empty::default())
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let containers = self.lock();
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if req.annotations.contains_key(REOPEN_LOG) {
+            if let Some(log) = &c.log {
+                log.reopen()
+                    .map_err(|e| err(ttrpc::Code::INTERNAL, format!("reopening log: {e}")))?;
+            }
+            return Ok(Empty::default());
+        }
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(&req.resources.value)
+                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, format!("resources: {e}")))?;
+        if let Some(g) = &c.cgroup {
+            g.apply(&resources).map_err(|e| {
+                err(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("container {}: {e}", req.id),
+                )
+            })?;
+        }
+        Ok(Empty::default())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+        let exit = self.wait_exit(&req.id, &req.exec_id)?;
+        Ok(WaitResponse {
+            exit_status: exit.code as u32,
+            exited_at: timestamp(exit.exited_ns),
+            ..Default::default()
+        })
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        let containers = self.lock();
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let stats = match &c.cgroup {
+            Some(g) => g
+                .stats()
+                .map_err(|e| err(ttrpc::Code::INTERNAL, format!("container {}: {e}", req.id)))?,
+            None => Default::default(),
+        };
+        let value = serde_json::to_vec(&StatsJson::from(&stats))
+            .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?;
+        Ok(StatsResponse {
+            stats: MessageField::some(Any {
+                type_url: "io.cairn.stats.v1".into(),
+                value,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
+        let containers = self.lock();
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let pids = c
+            .cgroup
+            .as_ref()
+            .and_then(|g| g.procs().ok())
+            .unwrap_or_default();
+        Ok(PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| containerd_shim_protos::types::task::ProcessInfo {
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+        let task_pid = self
+            .lock()
+            .get(&req.id)
+            .map(|c| c.init.pid as u32)
+            .unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
+        self.do_shutdown();
+        Ok(Empty::default())
+    }
+}
+
+/// Cgroup statistics as the shim reports them (JSON in `StatsResponse.stats`).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct StatsJson {
+    pub cpu_usage_ns: u64,
+    pub memory_usage: u64,
+    pub memory_working_set: u64,
+    pub memory_rss: u64,
+    pub page_faults: u64,
+    pub major_page_faults: u64,
+    pub pids: u64,
+}
+
+impl From<&crate::cgroup::CgroupStats> for StatsJson {
+    fn from(s: &crate::cgroup::CgroupStats) -> Self {
+        StatsJson {
+            cpu_usage_ns: s.cpu_usage_ns,
+            memory_usage: s.memory_usage,
+            memory_working_set: s.memory_working_set,
+            memory_rss: s.memory_rss,
+            page_faults: s.page_faults,
+            major_page_faults: s.major_page_faults,
+            pids: s.pids,
+        }
+    }
+}
