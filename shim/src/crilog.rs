@@ -98,24 +98,24 @@ pub struct LineSplitter {
 }
 
 impl LineSplitter {
-    pub fn feed(&mut self, mut data: &[u8], emit: &mut dyn FnMut(bool, &[u8])) {
-        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
-            self.pending.extend_from_slice(&data[..nl]);
-            self.flush_full(emit);
-            data = &data[nl + 1..];
+    pub fn feed(&mut self, data: &[u8], emit: &mut dyn FnMut(bool, &[u8])) {
+        for chunk in data.split_inclusive(|&b| b == b'\n') {
+            let (text, ends_line) = match chunk.split_last() {
+                Some((b'\n', text)) => (text, true),
+                _ => (chunk, false),
+            };
+            self.pending.extend_from_slice(text);
+            // A line longer than MAX_LINE goes out in P records; its tail ends it.
+            while self.pending.len() > MAX_LINE {
+                let rest = self.pending.split_off(MAX_LINE);
+                emit(true, &self.pending);
+                self.pending = rest;
+            }
+            if ends_line {
+                emit(false, &self.pending);
+                self.pending.clear();
+            }
         }
-        self.pending.extend_from_slice(data);
-        while self.pending.len() >= MAX_LINE {
-            let rest = self.pending.split_off(MAX_LINE);
-            emit(true, &self.pending);
-            self.pending = rest;
-        }
-    }
-
-    fn flush_full(&mut self, emit: &mut dyn FnMut(bool, &[u8])) {
-        // Long lines were already cut into P records; the tail ends the line.
-        emit(false, &self.pending);
-        self.pending.clear();
     }
 
     /// End of stream: an unterminated last line is a partial record.
