@@ -3,6 +3,7 @@
 //! The binaries (`cairnd`, `cairnctl`) are thin edges over this library.
 
 pub mod cgroup;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod cri;

@@ -6,10 +6,13 @@
 //!   whiteouts, xattrs, devices, zstd/gzip/uncompressed, OCI or Docker media types,
 //!   multi-platform indexes) and pushed with `skopeo copy`.
 //! * [`daemon`]: runs `cairnd` on private dirs and connects CRI/control clients to its socket.
+//! * [`net`]: network namespaces, a private bridge, iptables cleanup and TCP inside a
+//!   namespace, for the CNI tests.
 //! * [`util`]: free ports and process helpers.
 
 pub mod daemon;
 pub mod image;
+pub mod net;
 pub mod registry;
 pub mod util;
 
