@@ -357,6 +357,20 @@ async fn index_resolves_to_the_node_platform_or_the_configured_one() {
         built.image(&Platform::linux_arm64_v8()).unwrap().image_id()
     );
 
+    // A Docker manifest list resolves the same way.
+    let docker = MultiPlatform::new(vec![busybox_base().unwrap()]).format(Format::Docker);
+    let built_list = push_index(&reg, &docker, "multi/docker:1").unwrap();
+    let id = pull(&mut c, &reg.reference("multi/docker:1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        id,
+        built_list
+            .image(&Platform::linux_arm64_v8())
+            .unwrap()
+            .image_id()
+    );
+
     let s390 = Cairnd::start("[image]\nplatform = \"linux/s390x\"").unwrap();
     let mut c = s390.image_client().await.unwrap();
     let err = pull(&mut c, &name).await.unwrap_err();
@@ -402,6 +416,17 @@ async fn second_tag_shares_everything_and_present_image_costs_one_manifest_reque
         .unwrap();
     assert_eq!(reg.count_requests("GET", "/manifests/"), manifests + 1);
     assert_eq!(reg.count_requests("GET", "/blobs/"), blobs_after_first);
+
+    // By digest, and by name:tag@digest: the same image, no download.
+    let by_digest = format!("{}/shared/app@{}", reg.host(), built.manifest_digest());
+    assert_eq!(pull(&mut c, &by_digest).await.unwrap(), built.image_id());
+    let tagged_digest = format!("{}/shared/app:one@{}", reg.host(), built.manifest_digest());
+    assert_eq!(
+        pull(&mut c, &tagged_digest).await.unwrap(),
+        built.image_id()
+    );
+    assert_eq!(reg.count_requests("GET", "/blobs/"), blobs_after_first);
+    assert_eq!(list(&mut c).await[0].repo_digests, vec![by_digest.clone()]);
 
     // A second image on the same base shares its layer: 3 snapshots, not 4.
     pull(&mut c, &reg.reference("shared/other:1"))
