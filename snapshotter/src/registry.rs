@@ -165,6 +165,8 @@ pub struct Registries {
 
 impl Registries {
     pub fn new(settings: RegistrySettings) -> Self {
+        // TLS uses rustls with the ring provider; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Registries {
             settings,
             clients: Mutex::new(HashMap::new()),
