@@ -42,6 +42,16 @@ insecure_localhost = true
 # ca_file = "/etc/cairn/certs/ca.pem"  # extra CA for this registry and its mirrors
 # username = ""                        # credentials used when CRI gives none
 # password = ""
+
+# Runtime handlers: the names a pod's CRI runtime_handler may give. "" and "cairn" are
+# always cairn's built-in launcher (the default, and the fast path). A handler of
+# type "oci" runs an external OCI runtime binary (runc, crun) on the same bundle, for
+# compatibility; its pods' shims exec it to create, start, exec into and delete
+# containers. Example:
+#
+# [runtimes.runc]
+# type = "oci"
+# path = "/usr/sbin/runc"
 "#;
 
 /// The whole configuration.
@@ -55,6 +65,29 @@ pub struct Config {
     pub image: ImageConfig,
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryConfig>,
+    #[serde(default)]
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
+}
+
+/// `[runtimes.<name>]`: what a CRI runtime handler name runs containers with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandler {
+    #[serde(rename = "type")]
+    pub kind: RuntimeKind,
+    /// The runtime binary (type "oci").
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+/// The kinds of runtime handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// cairn's built-in launcher.
+    Cairn,
+    /// An external OCI runtime binary (runc, crun).
+    Oci,
 }
 
 /// `[image]`: pulls.
@@ -111,6 +144,19 @@ impl Config {
             self.image.max_concurrent_downloads > 0,
             "image.max_concurrent_downloads must be at least 1"
         );
+        for (name, h) in &self.runtimes {
+            anyhow::ensure!(!name.is_empty(), "runtimes: a handler needs a name");
+            match h.kind {
+                RuntimeKind::Oci => anyhow::ensure!(
+                    h.path.as_ref().is_some_and(|p| p.is_absolute()),
+                    "runtimes.{name}: type \"oci\" needs an absolute path to the runtime binary"
+                ),
+                RuntimeKind::Cairn => anyhow::ensure!(
+                    h.path.is_none(),
+                    "runtimes.{name}: type \"cairn\" takes no path"
+                ),
+            }
+        }
         for (host, r) in &self.registries {
             for m in &r.mirrors {
                 anyhow::ensure!(
@@ -191,6 +237,26 @@ mod tests {
         assert_eq!(c.image.max_concurrent_downloads, 8);
         assert_eq!(c.image.connect_timeout_secs, 5);
         assert_eq!(c.registries["docker.io"].mirrors.len(), 1);
+    }
+
+    #[test]
+    fn runtime_handlers() {
+        let c = Config::parse(
+            "[runtimes.runc]\ntype = \"oci\"\npath = \"/usr/sbin/runc\"\n\
+             [runtimes.fast]\ntype = \"cairn\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.runtimes["runc"].kind, RuntimeKind::Oci);
+        assert_eq!(
+            c.runtimes["runc"].path.as_deref(),
+            Some(Path::new("/usr/sbin/runc"))
+        );
+        assert_eq!(c.runtimes["fast"].kind, RuntimeKind::Cairn);
+        assert!(Config::default_config().runtimes.is_empty());
+        assert!(Config::parse("[runtimes.x]\ntype = \"oci\"").is_err());
+        assert!(Config::parse("[runtimes.x]\ntype = \"oci\"\npath = \"runc\"").is_err());
+        assert!(Config::parse("[runtimes.x]\ntype = \"kata\"").is_err());
+        assert!(Config::parse("[runtimes.x]\ntype = \"cairn\"\npath = \"/x\"").is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! from a blocking thread, not an async task.
 
 mod child;
+pub mod oci;
 mod plan;
 mod sys;
 #[cfg(test)]

@@ -3,8 +3,17 @@
 //! idempotent stop/remove, exit reasons). cairnd keeps nothing in memory that it could
 //! not rebuild from the store and the shims: [`Runtime::recover`] reconnects after a
 //! restart and learns the exits that happened while it was down.
+//!
+//! Each shim is watched through a pidfd. A shim that dies (`kill -9`, a crash) is
+//! handled by [`Runtime::shim_lost`]: cairnd kills what is left in its containers'
+//! cgroups, removes them, unmounts what the shim had mounted, records the containers
+//! exited and the pod not ready, so that stop and remove find nothing left to do.
+//!
+//! A pod's CRI `runtime_handler` picks what its shim runs containers with: cairn's
+//! built-in launcher ("", "cairn"), or an OCI runtime binary from `[runtimes.<name>]`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Mutex};
 use tonic::Status;
 
+use crate::cgroup::{Cgroup, Layout};
+use crate::config::{RuntimeHandler, RuntimeKind};
 use crate::podns;
 use crate::spec::{self, ContainerContext, PodContext};
 use crate::task::{overlay_to, read_exit, StatsJson, REOPEN_LOG};
@@ -58,6 +69,10 @@ pub struct ContainerRecord {
     pub log_path: String,
     pub pid: u32,
     pub stop_signal: i32,
+    /// The container's cgroup (relative to the hierarchy roots), so that cairnd can kill
+    /// and remove it itself when the pod's shim is gone.
+    #[serde(default)]
+    pub cgroup_path: String,
 }
 
 fn now_ns() -> i64 {
@@ -106,6 +121,15 @@ fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(0)
 }
 
+/// A change of a container's state, for `GetContainerEvents`: the container as it was
+/// right after the change.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub kind: cri::ContainerEventType,
+    pub container: ContainerRecord,
+    pub at: i64,
+}
+
 /// The runtime state shared by the CRI handlers.
 pub struct Runtime {
     pub images: Arc<ImageService>,
@@ -114,11 +138,22 @@ pub struct Runtime {
     shims: Mutex<HashMap<String, TaskClient>>,
     /// Serialises changes to pod and container records.
     lock: Mutex<()>,
-    events: broadcast::Sender<cri::ContainerEventResponse>,
+    events: broadcast::Sender<ContainerEvent>,
+    /// The cgroup hierarchies, for cleaning up after a shim that died.
+    layout: Option<Layout>,
+    /// Pods whose shim process is being watched for an unexpected exit.
+    monitored: std::sync::Mutex<HashSet<String>>,
+    /// The configured runtime handlers (`[runtimes.<name>]`).
+    handlers: BTreeMap<String, RuntimeHandler>,
 }
 
 impl Runtime {
-    pub fn new(images: Arc<ImageService>, state: &Path) -> anyhow::Result<Arc<Runtime>> {
+    /// The runtime with the given runtime handlers (`Config::runtimes`).
+    pub fn with_handlers(
+        images: Arc<ImageService>,
+        state: &Path,
+        handlers: BTreeMap<String, RuntimeHandler>,
+    ) -> anyhow::Result<Arc<Runtime>> {
         let shim_bin = std::env::current_exe()?
             .parent()
             .map(|d| d.join("cairn-shim"))
@@ -134,6 +169,9 @@ impl Runtime {
             shims: Mutex::new(HashMap::new()),
             lock: Mutex::new(()),
             events,
+            layout: Layout::detect().ok(),
+            monitored: std::sync::Mutex::new(HashSet::new()),
+            handlers,
         }))
     }
 
@@ -204,16 +242,15 @@ impl Runtime {
             .map_err(store_err)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<cri::ContainerEventResponse> {
+    pub fn subscribe(&self) -> broadcast::Receiver<ContainerEvent> {
         self.events.subscribe()
     }
 
     fn event(&self, c: &ContainerRecord, kind: cri::ContainerEventType) {
-        let _ = self.events.send(cri::ContainerEventResponse {
-            container_id: c.id.clone(),
-            container_event_type: kind as i32,
-            created_at: now_ns(),
-            ..Default::default()
+        let _ = self.events.send(ContainerEvent {
+            kind,
+            container: c.clone(),
+            at: now_ns(),
         });
     }
 
@@ -233,7 +270,7 @@ impl Runtime {
     // ---- pods --------------------------------------------------------------------------
 
     pub async fn run_pod(
-        &self,
+        self: &Arc<Self>,
         config: cri::PodSandboxConfig,
         handler: String,
     ) -> Result<String, Status> {
@@ -246,11 +283,7 @@ impl Runtime {
                 "RunPodSandbox: metadata.name and metadata.namespace are required",
             ));
         }
-        if !handler.is_empty() && handler != "cairn" && handler != "runc" {
-            return Err(Status::invalid_argument(format!(
-                "RunPodSandbox: unknown runtime handler {handler:?}"
-            )));
-        }
+        self.oci_runtime(&handler)?;
         let guard = self.lock.lock().await;
         if let Some(other) = self.pods()?.into_iter().find(|p| {
             p.config.metadata.as_ref().is_some_and(|m| {
@@ -283,6 +316,7 @@ impl Runtime {
             Ok(()) => {
                 pod.ready = true;
                 self.save_pod(&pod)?;
+                self.monitor_shim(&pod);
                 Ok(id)
             }
             Err(e) => {
@@ -306,6 +340,12 @@ impl Runtime {
         }
         if host_ipc {
             cmd.arg("--host-ipc");
+        }
+        if namespace_mode(&pod.config, |o| o.pid) == cri::NamespaceMode::Pod {
+            cmd.arg("--share-pid");
+        }
+        if let Some(binary) = self.oci_runtime(&pod.runtime_handler)? {
+            cmd.arg("--oci-runtime").arg(binary);
         }
         let log = std::fs::File::create(pod.dir.join("shim.log")).map_err(internal)?;
         cmd.stdin(std::process::Stdio::null())
@@ -354,6 +394,46 @@ impl Runtime {
         Ok(())
     }
 
+    /// The runtime handler names pods may ask for ("" is the default), each with
+    /// whether it is the built-in launcher.
+    pub fn handlers(&self) -> Vec<(String, bool)> {
+        let mut out = vec![(String::new(), true)];
+        if !self.handlers.contains_key("cairn") {
+            out.push(("cairn".to_string(), true));
+        }
+        out.extend(
+            self.handlers
+                .iter()
+                .map(|(name, h)| (name.clone(), h.kind == RuntimeKind::Cairn)),
+        );
+        out
+    }
+
+    /// What a CRI runtime handler runs containers with: None for the built-in launcher
+    /// ("", "cairn" or a handler of type "cairn"), the binary of an OCI runtime handler.
+    fn oci_runtime(&self, handler: &str) -> Result<Option<PathBuf>, Status> {
+        if let Some(h) = self.handlers.get(handler) {
+            return match (h.kind, &h.path) {
+                (RuntimeKind::Cairn, _) => Ok(None),
+                (RuntimeKind::Oci, Some(path)) if path.is_file() => Ok(Some(path.clone())),
+                (RuntimeKind::Oci, path) => Err(Status::failed_precondition(format!(
+                    "runtime handler {handler:?}: the runtime binary {} does not exist",
+                    path.as_deref().unwrap_or(Path::new("")).display()
+                ))),
+            };
+        }
+        if handler.is_empty() || handler == "cairn" {
+            return Ok(None);
+        }
+        Err(Status::invalid_argument(format!(
+            "RunPodSandbox: no runtime for handler {handler:?} (configured: \"\", \"cairn\"{})",
+            self.handlers
+                .keys()
+                .map(|k| format!(", {k:?}"))
+                .collect::<String>()
+        )))
+    }
+
     /// Stops every container of the pod and its shim; idempotent.
     pub async fn stop_pod(&self, id: &str) -> Result<(), Status> {
         let Some(mut pod) = self.find_pod(id)? else {
@@ -400,6 +480,146 @@ impl Runtime {
         }
     }
 
+    /// Watches the pod's shim process (through a pidfd, which works as well for a shim
+    /// started by an earlier cairnd) and calls [`Runtime::shim_lost`] when it exits.
+    fn monitor_shim(self: &Arc<Self>, pod: &PodRecord) {
+        if !self
+            .monitored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pod.id.clone())
+        {
+            return;
+        }
+        let pidfd = shim_pidfd(pod);
+        let rt = self.clone();
+        let id = pod.id.clone();
+        tokio::spawn(async move {
+            let exited = match pidfd {
+                // SAFETY: the AsyncFd owns the pidfd and nothing else closes or replaces it.
+                Some(fd) => match unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                } {
+                    Ok(afd) => afd.readable().await.is_ok(),
+                    Err(e) => {
+                        tracing::warn!(pod = %id, error = %e, "cannot watch the pod's shim");
+                        false
+                    }
+                },
+                // Already gone.
+                None => true,
+            };
+            rt.monitored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if exited {
+                rt.shim_lost(&id).await;
+            }
+        });
+    }
+
+    /// The pod's shim is gone (killed, crashed, or asked to exit): whatever still runs in
+    /// its containers' cgroups is killed and the cgroups removed, every container not yet
+    /// exited is recorded exited (with the code the shim recorded, if it did), the pod is
+    /// no longer ready, and the namespaces the shim held are released. Idempotent.
+    pub async fn shim_lost(&self, pod_id: &str) {
+        self.shims.lock().await.remove(pod_id);
+        let Ok(Some(pod)) = self.store().get_record::<PodRecord>(PODS, pod_id) else {
+            return;
+        };
+        let containers: Vec<ContainerRecord> = self
+            .containers()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.pod_id == pod.id)
+            .collect();
+        // Everything is cleaned up before the exits are recorded: whoever sees them
+        // finds nothing of the shim's left.
+        for c in &containers {
+            self.cleanup_cgroup(&pod, c).await;
+            // An OCI-runtime pod's shim mounts rootfs in the host's mount namespace.
+            let rootfs = self.state.join("containers").join(&c.id).join("rootfs");
+            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+        }
+        podns::release(&pod.dir);
+        {
+            let _guard = self.lock.lock().await;
+            if let Ok(Some(mut p)) = self.store().get_record::<PodRecord>(PODS, pod_id) {
+                if p.ready {
+                    tracing::warn!(pod = %pod_id, "the pod's shim exited: pod is not ready");
+                    p.ready = false;
+                    let _ = self.save_pod(&p);
+                }
+            }
+        }
+        let live = containers.iter().filter(|c| {
+            c.state == cri::ContainerState::ContainerRunning as i32
+                || c.state == cri::ContainerState::ContainerCreated as i32
+        });
+        for c in live {
+            match read_exit(&pod.dir, &c.id) {
+                Some(e) => self.record_exit(&c.id, e.code, e.exited_ns, None).await,
+                None => {
+                    self.record_exit(
+                        &c.id,
+                        255,
+                        now_ns(),
+                        Some("the pod's shim exited unexpectedly; the container was killed"),
+                    )
+                    .await
+                }
+            }
+        }
+    }
+
+    /// The container's cgroup, as recorded (or as it was named before it was recorded).
+    fn cgroup_of(&self, pod: &PodRecord, c: &ContainerRecord) -> Option<Cgroup> {
+        let layout = self.layout.as_ref()?;
+        let path = if c.cgroup_path.is_empty() {
+            spec::cgroup_path(&pod_context(pod).cgroup_parent, &c.id)
+        } else {
+            c.cgroup_path.clone()
+        };
+        Cgroup::new(layout, &path).ok()
+    }
+
+    /// Kills whatever is left in the container's cgroup and removes it (the shim does
+    /// this on Delete; this is for when the shim cannot).
+    async fn cleanup_cgroup(&self, pod: &PodRecord, c: &ContainerRecord) {
+        let Some(cgroup) = self.cgroup_of(pod, c) else {
+            return;
+        };
+        // An external OCI runtime also makes the cgroup in the hybrid layout's (empty)
+        // unified hierarchy; its `delete` would have removed it.
+        let unified = cgroup
+            .layout()
+            .unified()
+            .map(|u| u.join(cgroup.path()))
+            .filter(|d| d.is_dir());
+        if !cgroup.exists() && unified.is_none() {
+            return;
+        }
+        let id = c.id.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = cgroup.kill_all() {
+                tracing::warn!(container = %id, error = %e, "killing the container's processes");
+            }
+            if let Err(e) = cgroup.delete() {
+                tracing::warn!(container = %id, error = %e, "removing the container's cgroup");
+            }
+            if let Some(dir) = unified {
+                if let Err(e) = std::fs::remove_dir(&dir) {
+                    tracing::warn!(container = %id, error = %e, "removing {}", dir.display());
+                }
+            }
+        })
+        .await;
+    }
+
     pub async fn remove_pod(&self, id: &str) -> Result<(), Status> {
         let Some(pod) = self.find_pod(id)? else {
             return Ok(());
@@ -418,6 +638,7 @@ impl Runtime {
                 return Err(internal(format!("removing {}: {e}", pod.dir.display())));
             }
         }
+        let _guard = self.lock.lock().await;
         self.store().delete_record(PODS, &pod.id).map_err(store_err)
     }
 
@@ -500,6 +721,7 @@ impl Runtime {
             log_path,
             pid: 0,
             stop_signal: spec::stop_signal(&image.config).unwrap_or(libc::SIGTERM),
+            cgroup_path: spec::cgroup_path(&pod_context(&pod).cgroup_parent, &id),
         };
         self.save_container(&rec)?;
         drop(guard);
@@ -536,7 +758,7 @@ impl Runtime {
             image: &image.config,
             rootfs_layers: &overlay.lowers,
             rootfs: bundle.join("rootfs"),
-            cgroup_path: spec::cgroup_path(&pod_ctx.cgroup_parent, &rec.id),
+            cgroup_path: rec.cgroup_path.clone(),
         };
         let oci = spec::build_spec(&pod_ctx, &cctx).map_err(|e| match e {
             spec::SpecError::NotFound(m) => Status::not_found(m),
@@ -566,7 +788,11 @@ impl Runtime {
     /// Removes everything a half-made or removed container had.
     async fn discard_container(&self, rec: &ContainerRecord) {
         if let Ok(pod) = self.pod(&rec.pod_id) {
-            if let Ok(client) = self.shim(&pod).await {
+            let client = match shim_alive(&pod) {
+                true => self.shim(&pod).await.ok(),
+                false => None,
+            };
+            if let Some(client) = client {
                 let _ = client
                     .kill(
                         ctx(),
@@ -589,11 +815,16 @@ impl Runtime {
                     .await;
             }
             let _ = std::fs::remove_file(crate::task::exit_path(&pod.dir, &rec.id));
+            self.cleanup_cgroup(&pod, rec).await;
         }
+        let bundle = self.state.join("containers").join(&rec.id);
+        // The shim of an OCI-runtime pod mounts the rootfs in the host's mount namespace;
+        // if it could not unmount it (it died), do it before the layer goes.
+        let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
         if let Err(e) = self.images.snapshotter().remove(&rec.id) {
             tracing::warn!(container = %rec.id, error = %e, "removing writable layer");
         }
-        let _ = std::fs::remove_dir_all(self.state.join("containers").join(&rec.id));
+        let _ = std::fs::remove_dir_all(&bundle);
         let _ = self.store().delete_record(CONTAINERS, &rec.id);
     }
 
@@ -623,7 +854,7 @@ impl Runtime {
                 rec.state = cri::ContainerState::ContainerRunning as i32;
                 self.save_container(&rec)?;
                 self.event(&rec, cri::ContainerEventType::ContainerStartedEvent);
-                self.watch(rec.id.clone(), client);
+                self.watch(pod.id.clone(), rec.id.clone(), client);
                 Ok(())
             }
             Err(e) => {
@@ -641,31 +872,36 @@ impl Runtime {
         }
     }
 
-    /// Waits for a running container's exit in the background and records it.
-    fn watch(self: &Arc<Self>, id: String, client: TaskClient) {
+    /// Waits for a running container's exit in the background and records it. If the
+    /// shim goes away meanwhile, [`Runtime::shim_lost`] records it instead.
+    fn watch(self: &Arc<Self>, pod_id: String, id: String, client: TaskClient) {
         let rt = self.clone();
         tokio::spawn(async move {
-            let waited = client
-                .wait(
-                    ctx(),
-                    &task::WaitRequest {
-                        id: id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await;
-            let (code, at) = match waited {
-                Ok(w) => (
-                    w.exit_status as i32,
-                    w.exited_at
-                        .as_ref()
-                        .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
-                        .unwrap_or_else(now_ns),
-                ),
-                // The shim went away: its containers are gone with it.
-                Err(_) => (255, now_ns()),
-            };
-            rt.record_exit(&id, code, at, None).await;
+            let waited = client.wait(ctx(), &wait_req(&id)).await;
+            match waited {
+                Ok(w) => {
+                    rt.record_exit(&id, w.exit_status as i32, exited_ns(&w), None)
+                        .await
+                }
+                Err(ttrpc::Error::RpcStatus(s)) => {
+                    let msg = format!("the pod's shim lost the container: {}", s.message);
+                    rt.record_exit(&id, 255, now_ns(), Some(&msg)).await;
+                }
+                // The connection broke: the shim died. Its monitor records the exits;
+                // without one, do it here.
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "lost the pod's shim while waiting");
+                    rt.shims.lock().await.remove(&pod_id);
+                    let monitored = rt
+                        .monitored
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(&pod_id);
+                    if !monitored {
+                        rt.shim_lost(&pod_id).await;
+                    }
+                }
+            }
         });
     }
 
@@ -709,9 +945,13 @@ impl Runtime {
             return Ok(());
         }
         let pod = self.pod(&rec.pod_id)?;
-        let Ok(client) = self.shim(&pod).await else {
-            self.record_exit(&rec.id, 255, now_ns(), Some("the pod's shim is gone"))
-                .await;
+        let client = match shim_alive(&pod) {
+            true => self.shim(&pod).await.ok(),
+            false => None,
+        };
+        let Some(client) = client else {
+            // Its shim is gone: kill what is left and record the exits.
+            self.shim_lost(&pod.id).await;
             return Ok(());
         };
         let kill = |signal: i32, all: bool| task::KillRequest {
@@ -979,45 +1219,31 @@ impl Runtime {
     }
 
     /// After a restart: reconnect to every pod's shim, resume watching running
-    /// containers, and record what ended while cairnd was down.
+    /// containers and the shims themselves, and record what ended while cairnd was down
+    /// (a pod whose shim died meanwhile is cleaned up as [`Runtime::shim_lost`] says).
     pub async fn recover(self: &Arc<Self>) -> Result<(), Status> {
         for pod in self.pods()? {
-            let client = if pod.ready {
-                self.shim(&pod).await.ok()
-            } else {
-                None
+            if !pod.ready {
+                continue;
+            }
+            let client = match shim_alive(&pod) {
+                true => self.shim(&pod).await.ok(),
+                false => None,
+            };
+            let Some(client) = client else {
+                self.shim_lost(&pod.id).await;
+                self.teardown_pod(&pod).await;
+                continue;
             };
             for c in self
                 .containers()?
                 .into_iter()
                 .filter(|c| c.pod_id == pod.id)
+                .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
             {
-                if c.state != cri::ContainerState::ContainerRunning as i32
-                    && c.state != cri::ContainerState::ContainerCreated as i32
-                {
-                    continue;
-                }
-                match &client {
-                    Some(cl) => {
-                        if c.state == cri::ContainerState::ContainerRunning as i32 {
-                            self.watch(c.id.clone(), cl.clone());
-                        }
-                    }
-                    None => match read_exit(&pod.dir, &c.id) {
-                        Some(e) => self.record_exit(&c.id, e.code, e.exited_ns, None).await,
-                        None => {
-                            self.record_exit(&c.id, 255, now_ns(), Some("the pod's shim exited"))
-                                .await
-                        }
-                    },
-                }
+                self.watch(pod.id.clone(), c.id.clone(), client.clone());
             }
-            if client.is_none() && pod.ready {
-                let mut p = pod.clone();
-                p.ready = false;
-                self.teardown_pod(&p).await;
-                self.save_pod(&p)?;
-            }
+            self.monitor_shim(&pod);
         }
         // Containers whose record exists but whose pod is gone are removed.
         let pods: Vec<String> = self.pods()?.into_iter().map(|p| p.id).collect();
@@ -1120,8 +1346,8 @@ pub fn pod_context(pod: &PodRecord) -> PodContext {
         netns: (!host_network).then(|| podns::ns_path(&pod.dir, "net")),
         ipcns: (!host_ipc).then(|| podns::ns_path(&pod.dir, "ipc")),
         utsns: (!host_network).then(|| podns::ns_path(&pod.dir, "uts")),
-        // A shared pid namespace is the first container's; not supported yet.
-        pidns: None,
+        // POD: one pid namespace for the pod, held by the shim's holder process.
+        pidns: (pid_mode == cri::NamespaceMode::Pod).then(|| podns::ns_path(&pod.dir, "pid")),
         host_pid: pid_mode == cri::NamespaceMode::Node,
         resolv_conf: Some(pod.dir.join("resolv.conf")),
         hosts: pod.dir.join("hosts"),
@@ -1130,4 +1356,45 @@ pub fn pod_context(pod: &PodRecord) -> PodContext {
         cgroup_parent: linux.cgroup_parent.clone(),
         sysctls: linux.sysctls.clone(),
     }
+}
+
+/// Whether the pod's shim process is still there (its pid, with the pod's id on its
+/// command line, so a reused pid is not taken for it).
+fn shim_alive(pod: &PodRecord) -> bool {
+    if pod.shim_pid == 0 {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", pod.shim_pid)) else {
+        return false;
+    };
+    let alive = cmdline
+        .windows(pod.id.len())
+        .any(|w| w == pod.id.as_bytes());
+    // A zombie keeps its pid (and an empty cmdline) until reaped.
+    alive
+        && std::fs::read_to_string(format!("/proc/{}/stat", pod.shim_pid))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+}
+
+/// A pidfd of the pod's shim, checked to be the shim after it was opened; None when the
+/// shim is not running.
+fn shim_pidfd(pod: &PodRecord) -> Option<OwnedFd> {
+    if pod.shim_pid == 0 {
+        return None;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pod.shim_pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    shim_alive(pod).then_some(fd)
 }

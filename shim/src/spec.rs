@@ -296,9 +296,13 @@ fn process(
 ) -> Result<Process, SpecError> {
     let sc = security_context(c.config);
     let args = command(c.config, c.image)?;
-    let env = environment(c.config, c.image, &pod.hostname);
+    let mut env = environment(c.config, c.image, &pod.hostname);
     let cwd = working_dir(c.config, c.image, who)?;
-    let user = resolve_user(c)?;
+    let (user, home) = resolve_user_and_home(c)?;
+    // HOME from /etc/passwd when neither the image nor CRI set it.
+    if !env.iter().any(|e| env_key(e) == "HOME") {
+        env.push(format!("HOME={home}"));
+    }
     let capabilities = capabilities(sc.and_then(|s| s.capabilities.as_ref()), privileged, who)?;
     let oom_score_adj = oom_score_adj(c.config, who)?;
 
@@ -434,6 +438,7 @@ struct PasswdEntry {
     name: String,
     uid: u32,
     gid: u32,
+    home: String,
 }
 
 /// One line of /etc/group.
@@ -458,6 +463,7 @@ fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
                 name: (*f.first()?).to_string(),
                 uid: f.get(2)?.parse().ok()?,
                 gid: f.get(3)?.parse().ok()?,
+                home: f.get(5).map(|h| h.to_string()).unwrap_or_default(),
             })
         })
         .collect()
@@ -541,6 +547,12 @@ fn requested_user(c: &ContainerContext, who: &str) -> Result<(Option<Id>, Option
 /// additional gids are the primary gid, the groups of /etc/group listing the user (unless the
 /// supplemental groups policy is Strict) and the CRI supplemental groups.
 pub fn resolve_user(c: &ContainerContext) -> Result<User, SpecError> {
+    resolve_user_and_home(c).map(|(user, _)| user)
+}
+
+/// [`resolve_user`] and the user's home directory: the passwd entry's, `/` when the
+/// image does not know the uid or gives no home (as Docker and containerd do).
+fn resolve_user_and_home(c: &ContainerContext) -> Result<(User, String), SpecError> {
     let who = label(c.config, c.id);
     let (user, group) = requested_user(c, &who)?;
     let passwd = read_layered(c.rootfs_layers, Path::new("etc/passwd"))?
@@ -606,7 +618,11 @@ pub fn resolve_user(c: &ContainerContext) -> Result<User, SpecError> {
     out.set_uid(uid)
         .set_gid(gid)
         .set_additional_gids(Some(additional));
-    Ok(out)
+    let home = entry
+        .map(|e| e.home.clone())
+        .filter(|h| h.starts_with('/'))
+        .unwrap_or_else(|| "/".to_string());
+    Ok((out, home))
 }
 
 /// What one layer says about a path.
@@ -2595,6 +2611,74 @@ mod tests {
             f.build().unwrap().process().as_ref().unwrap().cwd(),
             Path::new("/")
         );
+    }
+
+    /// oci-spec's Default impls fill fields containerd leaves empty (ambient caps
+    /// AUDIT_WRITE/KILL/NET_BIND_SERVICE, no_new_privileges true, an rlimit NOFILE 1024):
+    /// none of them may leak into a container's spec.
+    #[test]
+    fn no_defaults_leak_from_oci_spec() {
+        let f = Fixture::new();
+        let spec = f.build().unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.no_new_privileges(), Some(false));
+        assert!(p.rlimits().is_none());
+        let caps = p.capabilities().as_ref().unwrap();
+        assert!(caps.ambient().is_none(), "{caps:?}");
+        assert!(caps.inheritable().is_none(), "{caps:?}");
+        let want: Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+        assert_eq!(caps.bounding().as_ref(), Some(&want));
+        assert_eq!(caps.effective().as_ref(), Some(&want));
+        assert_eq!(caps.permitted().as_ref(), Some(&want));
+        assert!(p.apparmor_profile().is_none() && p.selinux_label().is_none());
+        assert!(p.scheduler().is_none() && p.io_priority().is_none());
+        let env = p.env().as_ref().unwrap();
+        assert!(!env.iter().any(|e| e.starts_with("TERM=")), "{env:?}");
+        assert_eq!(spec.hostname().as_deref(), Some("web-0"));
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.seccomp().is_none() && linux.uid_mappings().is_none());
+        assert!(linux.time_offsets().is_none() && linux.memory_policy().is_none());
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(false));
+        assert!(spec.hooks().is_none());
+    }
+
+    fn env_of(f: &Fixture) -> Vec<String> {
+        f.build()
+            .unwrap()
+            .process()
+            .as_ref()
+            .unwrap()
+            .env()
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn home_from_passwd_unless_set() {
+        let mut f = Fixture::new();
+        f.with_users();
+        // root, from /etc/passwd.
+        assert!(env_of(&f).contains(&"HOME=/root".to_string()));
+        f.image.config.user = Some("bob".into());
+        assert!(env_of(&f).contains(&"HOME=/home/bob".to_string()));
+        // A uid the image does not know: /.
+        f.image.config.user = Some("4242".into());
+        assert!(env_of(&f).contains(&"HOME=/".to_string()));
+        // No passwd at all: /.
+        f.layers.clear();
+        f.image.config.user = None;
+        assert!(env_of(&f).contains(&"HOME=/".to_string()));
+        // The image's HOME, then CRI's, win; only one HOME.
+        f.with_users();
+        f.image.config.env = strs(&["HOME=/img"]);
+        assert!(env_of(&f).contains(&"HOME=/img".to_string()));
+        f.config.envs = vec![cri::KeyValue {
+            key: "HOME".into(),
+            value: "/cri".into(),
+        }];
+        let env = env_of(&f);
+        assert!(env.contains(&"HOME=/cri".to_string()));
+        assert_eq!(env.iter().filter(|e| e.starts_with("HOME=")).count(), 1);
     }
 
     #[test]

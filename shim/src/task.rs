@@ -1,6 +1,9 @@
 //! The shim's side of containerd's shim v2 `Task` API (ttrpc): it creates containers
-//! with cairn's launcher, starts them, runs execs, signals, waits and deletes them,
-//! writes their CRI logs, and records every exit durably under `<pod dir>/exits/`.
+//! with cairn's launcher (or, for pods of an OCI runtime handler, with that runtime
+//! binary: [`crate::launch::oci`]), starts them, runs execs, signals, waits and deletes
+//! them, writes their CRI logs, and records every exit durably under
+//! `<pod dir>/exits/`. When a container's init exits, whatever is left in its cgroup
+//! (possible when it shares the pod's or the host's pid namespace) is killed.
 //!
 //! cairn's conventions on the Task messages: `CreateTaskRequest.bundle` holds the OCI
 //! `config.json`; `rootfs[0]` is an overlay mount (`lowerdir=a:b`, `upperdir=`,
@@ -25,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Cgroup, Layout};
 use crate::crilog::{spawn_copier, LogFile, Stream};
+use crate::launch::oci::OciRuntime;
 use crate::launch::{self, Created, Stdio};
 use cairn_snapshotter::snapshot::OverlayMount;
 
@@ -64,12 +68,20 @@ fn now_ns() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
 }
 
+/// A container process set up and waiting for start.
+enum Pending {
+    /// Held by the built-in launcher before `execve`.
+    Builtin(Created),
+    /// Created by the pod's external OCI runtime; `<runtime> start` releases it.
+    Oci,
+}
+
 /// One process of a container: its init or an exec.
 #[derive(Default)]
 struct Proc {
     pid: i32,
     /// Set up and waiting for start.
-    created: Option<Created>,
+    created: Option<Pending>,
     started: bool,
     exit: Option<Exit>,
 }
@@ -94,6 +106,8 @@ struct ExecProc {
 
 struct Container {
     bundle: String,
+    /// Where the shim mounted the rootfs itself (for an external OCI runtime).
+    rootfs_mount: Option<PathBuf>,
     log_path: String,
     cgroup: Option<Cgroup>,
     oom_before: u64,
@@ -105,6 +119,9 @@ struct Container {
 struct Inner {
     pod_dir: PathBuf,
     layout: Option<Layout>,
+    /// The external OCI runtime this pod's containers run with; None: the built-in
+    /// launcher.
+    oci: Option<OciRuntime>,
     containers: Mutex<HashMap<String, Container>>,
     exited: Condvar,
     shutdown: Mutex<Option<std::sync::mpsc::Sender<()>>>,
@@ -137,8 +154,13 @@ fn timestamp(ns: i64) -> MessageField<Timestamp> {
 
 impl TaskService {
     /// A service for the pod whose run dir is `pod_dir`; `shutdown` is signalled when
-    /// cairnd asks the shim to exit.
-    pub fn new(pod_dir: &Path, shutdown: std::sync::mpsc::Sender<()>) -> TaskService {
+    /// cairnd asks the shim to exit. With `oci`, containers run with that external OCI
+    /// runtime instead of the built-in launcher.
+    pub fn new(
+        pod_dir: &Path,
+        shutdown: std::sync::mpsc::Sender<()>,
+        oci: Option<OciRuntime>,
+    ) -> TaskService {
         let layout = match Layout::detect() {
             Ok(l) => Some(l),
             Err(e) => {
@@ -151,6 +173,7 @@ impl TaskService {
             inner: Arc::new(Inner {
                 pod_dir: pod_dir.to_path_buf(),
                 layout,
+                oci,
                 containers: Mutex::new(HashMap::new()),
                 exited: Condvar::new(),
                 shutdown: Mutex::new(Some(shutdown)),
@@ -211,19 +234,15 @@ impl TaskService {
                 vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
             )
         };
-        let opts = launch::CreateOptions {
-            spec: &spec,
-            overlay: overlay.as_ref(),
-            cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+        let (pid, pty_master, pending, rootfs_mount) = match self.launch(
+            &req.id,
+            &req.bundle,
+            &spec,
+            overlay.as_ref(),
+            &cgroup,
             stdio,
-            oom_score_adj: spec
-                .process()
-                .as_ref()
-                .and_then(|p| p.oom_score_adj())
-                .map(crate::cgroup::clamp_oom_score_adj),
-        };
-        let mut created = match launch::create(opts) {
-            Ok(c) => c,
+        ) {
+            Ok(l) => l,
             Err(e) => {
                 if let Some(c) = &cgroup {
                     let _ = c.delete();
@@ -235,7 +254,7 @@ impl TaskService {
             }
         };
         let mut streams = readers;
-        if let Some(master) = created.pty_master.take() {
+        if let Some(master) = pty_master {
             streams.push((master, Stream::Stdout));
         }
         if let Some(log) = &log {
@@ -245,17 +264,17 @@ impl TaskService {
                 }
             }
         }
-        let pid = created.pid;
         self.lock().insert(
             req.id.clone(),
             Container {
                 bundle: req.bundle.clone(),
+                rootfs_mount,
                 log_path: req.stdout.clone(),
                 cgroup,
                 oom_before,
                 init: Proc {
                     pid,
-                    created: Some(created),
+                    created: Some(pending),
                     started: false,
                     exit: None,
                 },
@@ -265,6 +284,73 @@ impl TaskService {
         );
         self.spawn_waiter(req.id.clone(), None, pid);
         Ok(pid as u32)
+    }
+
+    /// Creates the container process with the built-in launcher or the pod's OCI
+    /// runtime: (pid, terminal master, start handle, rootfs the shim mounted).
+    #[allow(clippy::type_complexity)]
+    fn launch(
+        &self,
+        id: &str,
+        bundle: &str,
+        spec: &oci_spec::runtime::Spec,
+        overlay: Option<&OverlayMount>,
+        cgroup: &Option<Cgroup>,
+        stdio: Stdio,
+    ) -> Result<(i32, Option<OwnedFd>, Pending, Option<PathBuf>), String> {
+        let wanted_adj = spec.process().as_ref().and_then(|p| p.oom_score_adj());
+        let oom_score_adj = wanted_adj.map(crate::cgroup::clamp_oom_score_adj);
+        let Some(oci) = &self.inner.oci else {
+            let opts = launch::CreateOptions {
+                spec,
+                overlay,
+                cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+                stdio,
+                oom_score_adj,
+            };
+            let mut created = launch::create(opts).map_err(|e| e.to_string())?;
+            let master = created.pty_master.take();
+            return Ok((created.pid, master, Pending::Builtin(created), None));
+        };
+        let bundle = Path::new(bundle);
+        if oom_score_adj != wanted_adj {
+            // The runtime writes the spec's value, which this process may not be allowed
+            // to set: give it the clamped one.
+            let mut spec = spec.clone();
+            if let Some(p) = spec.process_mut().as_mut() {
+                p.set_oom_score_adj(oom_score_adj);
+            }
+            spec.save(bundle.join("config.json"))
+                .map_err(|e| format!("rewriting config.json: {e}"))?;
+        }
+        let rootfs = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .ok_or("the spec has no root")?;
+        let rootfs = if rootfs.is_absolute() {
+            rootfs
+        } else {
+            bundle.join(rootfs)
+        };
+        let mounted = match overlay {
+            Some(o) => {
+                cairn_snapshotter::snapshot::mount_overlay(o, &rootfs, false)
+                    .map_err(|e| format!("mounting the rootfs: {e}"))?;
+                Some(rootfs)
+            }
+            None => None,
+        };
+        match oci.create(id, bundle, stdio) {
+            Ok(c) => Ok((c.pid, c.pty_master, Pending::Oci, mounted)),
+            Err(e) => {
+                let _ = oci.delete(id);
+                if let Some(m) = &mounted {
+                    unmount(m);
+                }
+                Err(e.to_string())
+            }
+        }
     }
 
     fn make_cgroup(
@@ -300,7 +386,7 @@ impl TaskService {
         let svc = self.clone();
         let spawned = std::thread::Builder::new()
             .name("wait".into())
-            .stack_size(64 * 1024)
+            .stack_size(128 * 1024)
             .spawn(move || {
                 let code = wait_code(pid);
                 svc.record_exit(&id, exec_id.as_deref(), code);
@@ -311,37 +397,46 @@ impl TaskService {
     }
 
     fn record_exit(&self, id: &str, exec_id: Option<&str>, code: i32) {
+        let exited_ns = now_ns();
         let mut containers = self.lock();
         let Some(c) = containers.get_mut(id) else {
             return;
         };
-        let exited_ns = now_ns();
-        match exec_id {
-            Some(e) => {
-                if let Some(x) = c.execs.get_mut(e) {
-                    x.proc.exit = Some(Exit {
-                        code,
-                        exited_ns,
-                        oom: false,
-                    });
+        let Some(exec_id) = exec_id else {
+            let oom = c
+                .cgroup
+                .as_ref()
+                .and_then(|g| g.oom_kills().ok())
+                .is_some_and(|n| n > c.oom_before);
+            let cgroup = c.cgroup.clone();
+            drop(containers);
+            // The container ends with its init: what it left behind (possible when it
+            // shares the pod's or the host's pid namespace) and its execs are killed.
+            if let Some(g) = cgroup {
+                if let Err(e) = g.kill_all() {
+                    tracing::warn!(container = id, error = %e, "killing what the container left");
                 }
             }
-            None => {
-                let oom = c
-                    .cgroup
-                    .as_ref()
-                    .and_then(|g| g.oom_kills().ok())
-                    .is_some_and(|n| n > c.oom_before);
-                let exit = Exit {
-                    code,
-                    exited_ns,
-                    oom,
-                };
+            let exit = Exit {
+                code,
+                exited_ns,
+                oom,
+            };
+            if let Err(e) = write_exit(&self.inner.pod_dir, id, &exit) {
+                tracing::error!(container = id, error = %e, "recording exit");
+            }
+            if let Some(c) = self.lock().get_mut(id) {
                 c.init.exit = Some(exit);
-                if let Err(e) = write_exit(&self.inner.pod_dir, id, &exit) {
-                    tracing::error!(container = id, error = %e, "recording exit");
-                }
             }
+            self.inner.exited.notify_all();
+            return;
+        };
+        if let Some(x) = c.execs.get_mut(exec_id) {
+            x.proc.exit = Some(Exit {
+                code,
+                exited_ns,
+                oom: false,
+            });
         }
         drop(containers);
         self.inner.exited.notify_all();
@@ -369,8 +464,15 @@ impl TaskService {
                 )
             })?
         };
-        let pid = created.pid;
-        match created.start() {
+        let pid = self.lock().get(&req.id).map_or(0, |c| c.init.pid);
+        let started = match (created, &self.inner.oci) {
+            (Pending::Builtin(created), _) => created.start(),
+            (Pending::Oci, Some(oci)) => oci.start(&req.id),
+            (Pending::Oci, None) => Err(launch::LaunchError::InvalidSpec(
+                "no OCI runtime configured in this shim".into(),
+            )),
+        };
+        match started {
             Ok(()) => {
                 if let Some(c) = self.lock().get_mut(&req.id) {
                     c.init.started = true;
@@ -382,6 +484,9 @@ impl TaskService {
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32, ttrpc::Error> {
+        if let Some(oci) = &self.inner.oci {
+            return self.start_oci_exec(oci, id, exec_id);
+        }
         let (target, process, stdout, stderr, cgroup_procs) = {
             let containers = self.lock();
             let c = containers.get(id).ok_or_else(|| not_found(id))?;
@@ -441,6 +546,62 @@ impl TaskService {
             }
             Err(e) => Err(err(ttrpc::Code::FAILED_PRECONDITION, e.to_string())),
         }
+    }
+
+    /// An exec through the pod's OCI runtime (`exec --detach`): the process runs when
+    /// the runtime returns.
+    fn start_oci_exec(
+        &self,
+        oci: &OciRuntime,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<u32, ttrpc::Error> {
+        let (bundle, process, stdout, stderr) = {
+            let containers = self.lock();
+            let c = containers.get(id).ok_or_else(|| not_found(id))?;
+            if !c.init.started || c.init.exit.is_some() {
+                return Err(err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("container {id} is not running"),
+                ));
+            }
+            let x = c.execs.get(exec_id).ok_or_else(|| {
+                err(
+                    ttrpc::Code::NOT_FOUND,
+                    format!("exec {exec_id} of container {id} not found"),
+                )
+            })?;
+            (
+                PathBuf::from(&c.bundle),
+                x.process.clone(),
+                x.stdout.clone(),
+                x.stderr.clone(),
+            )
+        };
+        let stdio = Stdio::Pipes {
+            stdin: None,
+            stdout: open_output(&stdout)?,
+            stderr: open_output(&stderr)?,
+        };
+        let pid = oci
+            .exec(id, exec_id, &bundle, &process, stdio)
+            .map_err(|e| {
+                err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("exec in {id}: {e}"),
+                )
+            })?;
+        if let Some(x) = self
+            .lock()
+            .get_mut(id)
+            .and_then(|c| c.execs.get_mut(exec_id))
+        {
+            x.proc.pid = pid;
+            x.proc.started = true;
+        }
+        // The runtime has exited: the process is our child now (we are its subreaper).
+        self.spawn_waiter(id.to_string(), Some(exec_id.to_string()), pid);
+        Ok(pid as u32)
     }
 
     /// Blocks until the process has an exit.
@@ -555,8 +716,17 @@ impl TaskService {
             .remove(&req.id)
             .ok_or_else(|| not_found(&req.id))?;
         drop(containers);
-        // A created-but-never-started process exits when its start handle is dropped.
+        // A created-but-never-started process exits when its start handle is dropped;
+        // the OCI runtime removes its state (killing what is left).
         drop(c.init.created);
+        if let Some(oci) = &self.inner.oci {
+            if let Err(e) = oci.delete(&req.id) {
+                tracing::warn!(container = %req.id, error = %e, "runtime delete");
+            }
+        }
+        if let Some(m) = &c.rootfs_mount {
+            unmount(m);
+        }
         if let Some(g) = &c.cgroup {
             let _ = g.kill_all();
             if let Err(e) = g.delete() {
@@ -634,6 +804,11 @@ fn wait_code(pid: i32) -> i32 {
         // Reaped elsewhere (a failed start): its status is lost.
         return 255;
     }
+}
+
+/// Lazily unmounts a rootfs the shim mounted (nothing happens if it is not mounted).
+fn unmount(path: &Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), ttrpc::Error> {

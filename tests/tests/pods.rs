@@ -1,227 +1,17 @@
 //! Pods and containers end to end through cairnd's CRI socket: the lifecycle kubelet
-//! drives, logs, exec, copy-on-write as a user sees it, restart survival, bad input, and
-//! no leaks. Images come from a private registry built from busybox-static.
+//! drives, logs, exec, copy-on-write as a user sees it, restart survival (of cairnd and
+//! of a pod's shim), bad input, and no leaks. Images come from a private registry built
+//! from busybox-static.
+
+mod pods_common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_proto::cri;
-use cairn_tests::image::fixtures::busybox_base;
-use cairn_tests::image::{push_image, ImageSpec, Layer};
-use cairn_tests::{Cairnd, Registry, RegistryOptions};
-use tonic::transport::Channel;
+use cairn_tests::image::ImageConfig;
+use pods_common::*;
 use tonic::Code;
-
-type Rt = cri::runtime_service_client::RuntimeServiceClient<Channel>;
-
-struct Node {
-    _registry: Registry,
-    d: Cairnd,
-    image: String,
-    logs: tempfile::TempDir,
-}
-
-impl Node {
-    async fn new() -> Node {
-        let registry = Registry::start(RegistryOptions::plain()).unwrap();
-        let spec = ImageSpec::new(vec![
-            busybox_base().unwrap(),
-            Layer::new()
-                .dir("data", 0o755)
-                .file("data/from-image.txt", "image\n", 0o644),
-        ]);
-        push_image(&registry, &spec, "pods/busybox:1").unwrap();
-        let d = Cairnd::start("").unwrap();
-        let image = registry.reference("pods/busybox:1");
-        let mut images = d.image_client().await.unwrap();
-        images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        Node {
-            _registry: registry,
-            d,
-            image,
-            logs: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    async fn rt(&self) -> Rt {
-        self.d.runtime_client().await.unwrap()
-    }
-
-    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "test".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: self.logs.path().join(name).display().to_string(),
-            labels: HashMap::from([("app".to_string(), name.to_string())]),
-            ..Default::default()
-        }
-    }
-
-    async fn run_pod(&self, rt: &mut Rt, name: &str) -> String {
-        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(self.pod_config(name)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id
-    }
-
-    fn container_config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.log"),
-            ..Default::default()
-        }
-    }
-
-    async fn create(
-        &self,
-        rt: &mut Rt,
-        pod: &str,
-        config: cri::ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        rt.create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: None,
-        })
-        .await
-        .map(|r| r.into_inner().container_id)
-    }
-
-    async fn run(&self, rt: &mut Rt, pod: &str, name: &str, cmd: &[&str]) -> String {
-        let id = self
-            .create(rt, pod, self.container_config(name, cmd))
-            .await
-            .unwrap();
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-        id
-    }
-
-    fn log_of(&self, pod: &str, name: &str) -> PathBuf {
-        self.logs.path().join(pod).join(format!("{name}.log"))
-    }
-}
-
-async fn status(rt: &mut Rt, id: &str) -> cri::ContainerStatus {
-    rt.container_status(cri::ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .status
-    .unwrap()
-}
-
-async fn wait_exited(rt: &mut Rt, id: &str) -> cri::ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let st = status(rt, id).await;
-        if st.state == cri::ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "container {id} did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn exec(rt: &mut Rt, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
-    rt.exec_sync(cri::ExecSyncRequest {
-        container_id: id.into(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        timeout: 10,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-async fn remove_pod(rt: &mut Rt, pod: &str) {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .unwrap();
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&prefix))
-        .collect()
-}
-
-/// Nothing of the pod is left: no mounts under the daemon's dirs, no pod or container
-/// run dirs, no cgroups of the containers, no shim process.
-fn assert_clean(d: &Cairnd, containers: &[String]) {
-    assert!(
-        mounts_under(d.dir()).is_empty(),
-        "mounts left: {:?}",
-        mounts_under(d.dir())
-    );
-    for sub in ["pods", "containers"] {
-        let dir = d.state().join(sub);
-        let left: Vec<_> = std::fs::read_dir(&dir)
-            .map(|r| r.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "{} still has {left:?}", dir.display());
-    }
-    for id in containers {
-        for ctrl in ["memory", "pids", "cpu"] {
-            let p = PathBuf::from(format!("/sys/fs/cgroup/{ctrl}/cairn/{id}"));
-            assert!(!p.exists(), "cgroup {} left", p.display());
-        }
-    }
-    let snapshots: Vec<_> = std::fs::read_dir(d.root().join("snapshots"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(
-        snapshots.len(),
-        2,
-        "only the image's two layers remain: {snapshots:?}"
-    );
-}
 
 #[tokio::test]
 async fn a_container_runs_logs_exits_and_is_removed() {
@@ -331,7 +121,7 @@ async fn a_container_runs_logs_exits_and_is_removed() {
 
     remove_pod(&mut rt, &pod).await;
     remove_pod(&mut rt, &pod).await;
-    assert_clean(&node.d, &[id, ok]);
+    assert_clean(&node);
 }
 
 #[tokio::test]
@@ -383,7 +173,7 @@ async fn exec_sync_stop_with_grace_and_namespaces() {
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // Two containers of one pod share the network: one listens, the other connects.
-    let server = node
+    let _server = node
         .run(
             &mut rt,
             &pod,
@@ -436,7 +226,7 @@ async fn exec_sync_stop_with_grace_and_namespaces() {
     assert_eq!(status(&mut rt, &stubborn).await.exit_code, 137);
 
     remove_pod(&mut rt, &pod).await;
-    assert_clean(&node.d, &[id, server, stubborn]);
+    assert_clean(&node);
 }
 
 #[tokio::test]
@@ -547,7 +337,7 @@ async fn copy_on_write_as_a_user_sees_it() {
         "kept\n"
     );
     remove_pod(&mut rt, &pod).await;
-    assert_clean(&node.d, &[a, b, a2]);
+    assert_clean(&node);
 }
 
 #[tokio::test]
@@ -656,7 +446,7 @@ async fn bad_input_is_refused_and_leaves_nothing() {
         .into_inner()
         .containers;
     assert!(left.is_empty(), "{left:?}");
-    assert_clean(&node.d, &[id]);
+    assert_clean(&node);
 }
 
 #[tokio::test]
@@ -694,5 +484,141 @@ async fn containers_survive_a_daemon_kill_9() {
     assert!(log.contains(" stdout F done"), "{log}");
 
     remove_pod(&mut rt, &pod).await;
-    assert_clean(&node.d, &[long, short]);
+    assert_clean(&node);
+}
+
+/// Pids in the container's cgroup (the v1 pids hierarchy).
+fn cgroup_pids(node: &Node, id: &str) -> Vec<i32> {
+    std::fs::read_to_string(node.cgroup_dir("pids", id).join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_shim_killed_with_kill_9_leaves_exited_containers_and_cleans_up() {
+    shim_killed("").await;
+}
+
+#[tokio::test]
+async fn a_killed_shim_of_a_runc_pod_is_cleaned_up_too() {
+    shim_killed("runc").await;
+}
+
+async fn shim_killed(handler: &str) {
+    let toml = "[runtimes.runc]\ntype = \"oci\"\npath = \"/usr/sbin/runc\"\n";
+    let node = Node::with(ImageConfig::default(), toml).await;
+    let mut rt = node.rt().await;
+    // A shared pid namespace: its holder process must go with the shim too.
+    let config = node.pod_config_pid("shimkill", cri::NamespaceMode::Pod);
+    let pod = node.run_pod_with(&mut rt, config, handler).await;
+    let a = node.run(&mut rt, &pod, "a", &["sleep", "300"]).await;
+    let b = node
+        .run(
+            &mut rt,
+            &pod,
+            "b",
+            &["sh", "-c", "sleep 300 & sleep 301 & wait"],
+        )
+        .await;
+    let created = node
+        .create(&mut rt, &pod, node.container_config("c", &["true"]))
+        .await
+        .unwrap();
+    let done = node.run(&mut rt, &pod, "done", &["true"]).await;
+    wait_exited(&mut rt, &done).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pids: Vec<i32> = [&a, &b]
+        .iter()
+        .flat_map(|id| cgroup_pids(&node, id))
+        .collect();
+    assert!(pids.len() >= 4, "{pids:?}");
+
+    let shim = shim_pid(&mut rt, &pod).await;
+    assert!(shims_of(&node.d).contains(&shim));
+    // SAFETY: SIGKILL to the pod's shim.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+
+    // Reported exited (not hung), and what ran in them is gone.
+    let started = Instant::now();
+    for id in [&a, &b, &created] {
+        let st = wait_exited(&mut rt, id).await;
+        assert_eq!(st.exit_code, 255, "{st:?}");
+        assert!(st.message.contains("shim"), "{st:?}");
+        assert!(st.finished_at > 0);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let st = status(&mut rt, &done).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+    for pid in pids {
+        assert_process_gone(pid).await;
+    }
+    assert_eq!(
+        pod_status(&mut rt, &pod).await.state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    // The pod's namespaces are released already.
+    assert!(
+        mounts_under(node.d.dir()).is_empty(),
+        "{:?}",
+        mounts_under(node.d.dir())
+    );
+    // Calls on its containers fail cleanly instead of hanging.
+    let err = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: a.clone(),
+            cmd: vec!["true".into()],
+            timeout: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = node
+        .create(&mut rt, &pod, node.container_config("late", &["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // Stop and remove still clean everything up; and they stay idempotent.
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: a.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    remove_pod(&mut rt, &pod).await;
+    remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
+}
+
+#[tokio::test]
+async fn a_shim_that_died_while_cairnd_was_down_is_cleaned_up_after_restart() {
+    let mut node = Node::new().await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "orphaned").await;
+    let id = node.run(&mut rt, &pod, "c", &["sleep", "300"]).await;
+    let pids = cgroup_pids(&node, &id);
+    assert!(!pids.is_empty());
+    let shim = shim_pid(&mut rt, &pod).await;
+
+    node.d.kill9();
+    // SAFETY: SIGKILL to the pod's shim.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.d.restart().unwrap();
+    let mut rt = node.rt().await;
+
+    let st = wait_exited(&mut rt, &id).await;
+    assert_eq!(st.exit_code, 255, "{st:?}");
+    assert!(st.message.contains("shim"), "{st:?}");
+    assert_eq!(
+        pod_status(&mut rt, &pod).await.state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    for pid in pids {
+        assert_process_gone(pid).await;
+    }
+    remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
 }

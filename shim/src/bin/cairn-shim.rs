@@ -2,13 +2,15 @@
 //! containers, writes their CRI logs and records their exits, and serves containerd's
 //! shim v2 Task API over ttrpc on `<pod dir>/shim.sock` for cairnd.
 //!
-//! Usage: `cairn-shim <pod id> <pod dir> <hostname> [--host-network] [--host-ipc]`.
+//! Usage: `cairn-shim <pod id> <pod dir> <hostname> [--host-network] [--host-ipc]
+//! [--share-pid] [--oci-runtime PATH]`.
 //! It prints `ready <pid>` on stdout once it serves, then closes stdout.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cairn_shim::launch::oci::OciRuntime;
 use cairn_shim::podns::{self, PodNamespaces};
 use cairn_shim::task::TaskService;
 use containerd_shim_protos::shim::shim_ttrpc::create_task;
@@ -18,27 +20,39 @@ struct Args {
     pod_id: String,
     dir: PathBuf,
     ns: PodNamespaces,
+    /// `--oci-runtime PATH`: run containers with this OCI runtime binary.
+    oci_runtime: Option<PathBuf>,
 }
 
 fn parse() -> Result<Args, String> {
     let mut positional = Vec::new();
     let mut ns = PodNamespaces::default();
-    for a in std::env::args().skip(1) {
+    let mut oci_runtime = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
         match a.as_str() {
+            "--oci-runtime" => {
+                let path = args.next().ok_or("--oci-runtime needs a path")?;
+                oci_runtime = Some(PathBuf::from(path));
+            }
             "--host-network" => ns.host_network = true,
             "--host-ipc" => ns.host_ipc = true,
+            "--share-pid" => ns.share_pid = true,
             s if s.starts_with("--") => return Err(format!("unknown flag {s}")),
             _ => positional.push(a),
         }
     }
     let [pod_id, dir, hostname]: [String; 3] = positional.try_into().map_err(|_| {
-        "usage: cairn-shim <pod id> <pod dir> <hostname> [--host-network] [--host-ipc]".to_string()
+        "usage: cairn-shim <pod id> <pod dir> <hostname> [--host-network] [--host-ipc] \
+         [--share-pid] [--oci-runtime PATH]"
+            .to_string()
     })?;
     ns.hostname = hostname;
     Ok(Args {
         pod_id,
         dir: PathBuf::from(dir),
         ns,
+        oci_runtime,
     })
 }
 
@@ -52,7 +66,7 @@ fn main() {
 fn run() -> Result<(), String> {
     let args = parse()?;
     // Namespaces first, while this process has a single thread.
-    podns::create(&args.dir, &args.ns)?;
+    let namespaces = podns::create(&args.dir, &args.ns)?;
     // SAFETY: prctl with constant arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(format!(
@@ -67,7 +81,11 @@ fn run() -> Result<(), String> {
     let socket = args.dir.join("shim.sock");
     let _ = std::fs::remove_file(&socket);
     let (stop_tx, stop_rx) = std::sync::mpsc::channel();
-    let service = TaskService::new(&args.dir, stop_tx);
+    let oci = args.oci_runtime.clone().map(|binary| OciRuntime {
+        binary,
+        root: args.dir.join("oci"),
+    });
+    let service = TaskService::new(&args.dir, stop_tx, oci);
     let mut server = Server::new()
         .bind(&format!("unix://{}", socket.display()))
         .map_err(|e| format!("binding {}: {e}", socket.display()))?
@@ -83,6 +101,13 @@ fn run() -> Result<(), String> {
     // Let the Shutdown reply reach cairnd before the socket goes away.
     std::thread::sleep(std::time::Duration::from_millis(20));
     server.shutdown();
+    if let Some(pid) = namespaces.pid_holder {
+        // SAFETY: the pod's pid namespace holder is our child; kill and reap it.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
     podns::release(&args.dir);
     let _ = std::fs::remove_file(&socket);
     tracing::info!(pod = %args.pod_id, "shim exiting");

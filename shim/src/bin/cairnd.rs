@@ -82,7 +82,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     })
     .with_context(|| format!("opening the image store in {}", config.root.display()))?;
     tracing::info!(root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "cairnd starting");
-    let runtime = cairn_shim::runtime::Runtime::new(images.clone(), &config.state)?;
+    let runtime = cairn_shim::runtime::Runtime::with_handlers(
+        images.clone(),
+        &config.state,
+        config.runtimes.clone(),
+    )?;
     runtime
         .recover()
         .await

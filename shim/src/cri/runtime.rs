@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cairn_proto::cri::{self, runtime_service_server::RuntimeService};
 use tonic::{Request, Response, Status};
 
-use crate::runtime::{ContainerRecord, PodRecord, Runtime};
+use crate::runtime::{ContainerEvent, ContainerRecord, PodRecord, Runtime};
 
 /// The CRI API version cairn implements.
 const CRI_API_VERSION: &str = "v1";
@@ -134,6 +134,32 @@ fn container_item(c: &ContainerRecord) -> cri::Container {
     }
 }
 
+/// A container event as CRI streams it: with the pod's status and the statuses of the
+/// pod's containers (the changed one as it was right after the change; a deleted one is
+/// left out), as kubelet's evented PLEG reads them.
+fn event_response(rt: &Runtime, ev: ContainerEvent) -> cri::ContainerEventResponse {
+    let c = &ev.container;
+    let pod_sandbox_status = rt.pod(&c.pod_id).ok().map(|p| pod_status(&p));
+    let deleted = ev.kind == cri::ContainerEventType::ContainerDeletedEvent;
+    let mut containers_statuses: Vec<cri::ContainerStatus> = rt
+        .containers()
+        .unwrap_or_default()
+        .iter()
+        .filter(|o| o.pod_id == c.pod_id && o.id != c.id)
+        .map(container_status)
+        .collect();
+    if !deleted {
+        containers_statuses.push(container_status(c));
+    }
+    cri::ContainerEventResponse {
+        container_id: c.id.clone(),
+        container_event_type: ev.kind as i32,
+        created_at: ev.at,
+        pod_sandbox_status,
+        containers_statuses,
+    }
+}
+
 fn u64v(value: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value })
 }
@@ -144,6 +170,11 @@ fn now_ns() -> i64 {
 
 impl RuntimeApi {
     async fn container_stats(&self, c: &ContainerRecord) -> cri::ContainerStats {
+        self.container_stats_and_pids(c).await.0
+    }
+
+    /// The container's CRI stats and the number of processes in its cgroup.
+    async fn container_stats_and_pids(&self, c: &ContainerRecord) -> (cri::ContainerStats, u64) {
         let ts = now_ns();
         let s = self.rt.stats(c).await.unwrap_or_default();
         let layer = self
@@ -152,7 +183,7 @@ impl RuntimeApi {
             .snapshotter()
             .usage(&c.id)
             .unwrap_or_default();
-        cri::ContainerStats {
+        let stats = cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
                 id: c.id.clone(),
                 metadata: c.config.metadata.clone(),
@@ -182,13 +213,17 @@ impl RuntimeApi {
                 inodes_used: u64v(layer.inodes),
             }),
             swap: None,
-        }
+        };
+        (stats, s.pids)
     }
 
     async fn pod_stats(&self, p: &PodRecord) -> Result<cri::PodSandboxStats, Status> {
         let mut containers = Vec::new();
+        let mut processes = 0;
         for c in self.rt.containers()?.iter().filter(|c| c.pod_id == p.id) {
-            containers.push(self.container_stats(c).await);
+            let (stats, pids) = self.container_stats_and_pids(c).await;
+            containers.push(stats);
+            processes += pids;
         }
         let ts = now_ns();
         let sum = |f: &dyn Fn(&cri::ContainerStats) -> u64| containers.iter().map(f).sum::<u64>();
@@ -210,6 +245,12 @@ impl RuntimeApi {
                 .and_then(|x| x.rss_bytes.as_ref())
                 .map_or(0, |v| v.value)
         });
+        let usage = sum(&|c| {
+            c.memory
+                .as_ref()
+                .and_then(|x| x.usage_bytes.as_ref())
+                .map_or(0, |v| v.value)
+        });
         let (labels, annotations) = labels(p);
         Ok(cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
@@ -227,13 +268,14 @@ impl RuntimeApi {
                 memory: Some(cri::MemoryUsage {
                     timestamp: ts,
                     working_set_bytes: u64v(ws),
+                    usage_bytes: u64v(usage),
                     rss_bytes: u64v(rss),
                     ..Default::default()
                 }),
                 network: None,
                 process: Some(cri::ProcessUsage {
                     timestamp: ts,
-                    process_count: None,
+                    process_count: u64v(processes),
                 }),
                 containers,
             }),
@@ -269,8 +311,22 @@ impl RuntimeService for RuntimeApi {
                 "cairn: pod networking (CNI) is not implemented yet",
             ),
         ];
+        let runtime_handlers = self
+            .rt
+            .handlers()
+            .into_iter()
+            .map(|(name, builtin)| cri::RuntimeHandler {
+                name,
+                features: Some(cri::RuntimeHandlerFeatures {
+                    // The built-in launcher mounts "rro" binds; runc 1.1 cannot.
+                    recursive_read_only_mounts: builtin,
+                    user_namespaces: false,
+                }),
+            })
+            .collect();
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
+            runtime_handlers,
             ..Default::default()
         }))
     }
@@ -613,11 +669,15 @@ impl RuntimeService for RuntimeApi {
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         let mut rx = self.rt.subscribe();
+        let rt = self.rt.clone();
         let stream = async_stream::stream! {
             loop {
                 match rx.recv().await {
-                    Ok(ev) => yield Ok(ev),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Ok(ev) => yield Ok(event_response(&rt, ev)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "a container event subscriber fell behind");
+                        continue;
+                    }
                     Err(_) => break,
                 }
             }

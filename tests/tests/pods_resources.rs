@@ -1,0 +1,356 @@
+//! What a running container's owner sees of its resources through the CRI socket:
+//! UpdateContainerResources changing live cgroup limits, log reopening for rotation,
+//! statistics of containers and pods, the container event stream, and OOM kills.
+
+mod pods_common;
+
+use std::time::{Duration, Instant};
+
+use cairn_proto::cri;
+use pods_common::*;
+use tonic::Code;
+
+fn read_trim(path: std::path::PathBuf) -> String {
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn update_container_resources_changes_running_limits() {
+    let node = Node::new().await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "update").await;
+    let mut config = node.container_config("c", &["sleep", "300"]);
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node.run_config(&mut rt, &pod, config).await;
+    let mem = node.cgroup_dir("memory", &id).join("memory.limit_in_bytes");
+    let quota = node.cgroup_dir("cpu", &id).join("cpu.cfs_quota_us");
+    let shares = node.cgroup_dir("cpu", &id).join("cpu.shares");
+    assert_eq!(read_trim(mem.clone()), (64u64 << 20).to_string());
+    assert_eq!(read_trim(quota.clone()), "50000");
+    assert_eq!(read_trim(shares.clone()), "512");
+    let before = exec_out(&mut rt, &id, &["cat", "/proc/1/stat"]).await;
+
+    let new = cri::LinuxContainerResources {
+        memory_limit_in_bytes: 128 << 20,
+        cpu_quota: 20_000,
+        cpu_period: 100_000,
+        cpu_shares: 256,
+        ..Default::default()
+    };
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(new.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(read_trim(mem.clone()), (128u64 << 20).to_string());
+    assert_eq!(read_trim(quota.clone()), "20000");
+    assert_eq!(read_trim(shares.clone()), "256");
+    // The same process, still running, and the status reports the new limits.
+    assert_eq!(
+        exec_out(&mut rt, &id, &["cat", "/proc/1/stat"]).await,
+        before
+    );
+    let st = status(&mut rt, &id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    let r = st.resources.unwrap().linux.unwrap();
+    assert_eq!(
+        (r.memory_limit_in_bytes, r.cpu_quota, r.cpu_shares),
+        (128 << 20, 20_000, 256)
+    );
+
+    // Invalid limits are refused and change nothing.
+    let err = rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(read_trim(mem), (128u64 << 20).to_string());
+    let err = rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: "nosuch".into(),
+            linux: Some(new),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
+}
+
+/// The counters of a log file in order (lines `<time> stdout F <n>`).
+fn counters(text: &str) -> Vec<u64> {
+    text.lines()
+        .map(|l| {
+            let fields: Vec<&str> = l.splitn(4, ' ').collect();
+            assert_eq!(fields.len(), 4, "{l:?}");
+            assert_eq!((fields[1], fields[2]), ("stdout", "F"), "{l:?}");
+            fields[3].parse().unwrap_or_else(|_| panic!("{l:?}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reopen_container_log_after_rotation_loses_no_line() {
+    let node = Node::new().await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "rotate").await;
+    let id = node
+        .run(
+            &mut rt,
+            &pod,
+            "counter",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo $i; i=$((i+1)); sleep 0.01; done",
+            ],
+        )
+        .await;
+    let log = node.log_of("rotate", "counter");
+    let rotated = log.with_extension("log.1");
+    let wait_lines = |path: std::path::PathBuf, n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+            < n
+        {
+            assert!(Instant::now() < deadline, "{} stays short", path.display());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_lines(log.clone(), 20).await;
+    std::fs::rename(&log, &rotated).unwrap();
+    // The container keeps writing into the renamed file until the reopen.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    wait_lines(log.clone(), 20).await;
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+
+    let old = counters(&std::fs::read_to_string(&rotated).unwrap());
+    let new = counters(&std::fs::read_to_string(&log).unwrap());
+    assert!(old.len() >= 20 && new.len() >= 20, "{old:?} {new:?}");
+    let all: Vec<u64> = old.iter().chain(&new).copied().collect();
+    let expected: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(all, expected, "a gap or a repeat across the rotation");
+
+    // Reopening the log of a container that is not running is refused.
+    let err = rt
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
+}
+
+#[tokio::test]
+async fn stats_of_a_busy_container_and_its_pod() {
+    let node = Node::new().await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "busy").await;
+    let id = node
+        .run(
+            &mut rt,
+            &pod,
+            "spin",
+            &[
+                "sh",
+                "-c",
+                "sleep 300 & x=$(head -c 4000000 /dev/zero | wc -c); while true; do :; done",
+            ],
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let s = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(s.attributes.as_ref().unwrap().id, id);
+    let cpu = s.cpu.unwrap().usage_core_nano_seconds.unwrap().value;
+    assert!(cpu > 100_000_000, "cpu {cpu}");
+    let ws = s.memory.unwrap().working_set_bytes.unwrap().value;
+    assert!(ws > 0, "working set {ws}");
+
+    let list = rt
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].attributes.as_ref().unwrap().id, id);
+
+    let ps = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(ps.attributes.as_ref().unwrap().id, pod);
+    let linux = ps.linux.unwrap();
+    assert!(linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 100_000_000);
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    let procs = linux.process.unwrap().process_count.unwrap().value;
+    assert!(procs >= 2, "the shell and its sleep: {procs}");
+    assert_eq!(linux.containers.len(), 1);
+
+    let all = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(all.len(), 1);
+    assert!(
+        all[0]
+            .linux
+            .as_ref()
+            .unwrap()
+            .process
+            .as_ref()
+            .unwrap()
+            .process_count
+            .as_ref()
+            .unwrap()
+            .value
+            >= 2
+    );
+    remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
+}
+
+#[tokio::test]
+async fn container_events_stream_the_lifecycle() {
+    let node = Node::new().await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "events").await;
+    let mut events = rt
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let id = node.run(&mut rt, &pod, "c", &["sh", "-c", "exit 2"]).await;
+    wait_exited(&mut rt, &id).await;
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+
+    use cri::ContainerEventType as T;
+    let want = [
+        T::ContainerCreatedEvent,
+        T::ContainerStartedEvent,
+        T::ContainerStoppedEvent,
+        T::ContainerDeletedEvent,
+    ];
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("no event within 10 s")
+            .unwrap()
+            .unwrap();
+        if ev.container_id != id {
+            continue;
+        }
+        assert!(ev.created_at > 0);
+        let ps = ev
+            .pod_sandbox_status
+            .as_ref()
+            .expect("pod status in the event");
+        assert_eq!(ps.id, pod);
+        let kind = T::try_from(ev.container_event_type).unwrap();
+        if kind == T::ContainerStoppedEvent {
+            let st = ev
+                .containers_statuses
+                .iter()
+                .find(|c| c.id == id)
+                .expect("the container's status in the event");
+            assert_eq!(st.exit_code, 2);
+        }
+        got.push(kind);
+    }
+    assert_eq!(got, want);
+    remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
+}
+
+#[tokio::test]
+async fn an_oom_killed_container_says_so() {
+    let node = Node::new().await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "oom").await;
+    let mut config =
+        node.container_config("hog", &["sh", "-c", "x=a; while true; do x=$x$x; done"]);
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node.run_config(&mut rt, &pod, config).await;
+    let st = wait_exited(&mut rt, &id).await;
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    // A container that exits on its own in the same pod is not taken for OOM-killed.
+    let ok = node.run(&mut rt, &pod, "ok", &["true"]).await;
+    assert_eq!(wait_exited(&mut rt, &ok).await.reason, "Completed");
+    remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
+}
