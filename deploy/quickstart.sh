@@ -43,7 +43,7 @@ fi
 echo "== building cairn (release)"
 cargo build --release --locked -q -p cairn-shim --bins
 cargo build --release --locked -q -p cairn-tests --bin cairn-mkimage
-BIN=$PWD/target/release
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 
 mkdir -p "$RUN"
 stop >/dev/null
