@@ -52,6 +52,18 @@ insecure_localhost = true
 # [runtimes.runc]
 # type = "oci"
 # path = "/usr/sbin/runc"
+
+# Pod networking through CNI plugins. The first valid network list in conf_dirs (files
+# *.conflist, *.conf, *.json in name order) is used, re-read whenever the dirs change.
+# With no config file at all, pods that do not use the host network get a namespace with
+# loopback only and NetworkReady is false; a file that does not parse makes
+# RunPodSandbox fail. Attachment records (what DEL needs) live under <root>/cni.
+[cni]
+conf_dirs = ["/etc/cni/net.d"]
+# Searched in order for plugin executables.
+bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+# Seconds one plugin call may take.
+plugin_timeout_secs = 60
 "#;
 
 /// The whole configuration.
@@ -67,6 +79,16 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     #[serde(default)]
     pub runtimes: BTreeMap<String, RuntimeHandler>,
+    pub cni: CniSection,
+}
+
+/// `[cni]`: where CNI network lists and plugins are found.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniSection {
+    pub conf_dirs: Vec<PathBuf>,
+    pub bin_dirs: Vec<PathBuf>,
+    pub plugin_timeout_secs: u64,
 }
 
 /// `[runtimes.<name>]`: what a CRI runtime handler name runs containers with.
@@ -157,6 +179,10 @@ impl Config {
                 ),
             }
         }
+        anyhow::ensure!(
+            self.cni.plugin_timeout_secs > 0,
+            "cni.plugin_timeout_secs must be at least 1"
+        );
         for (host, r) in &self.registries {
             for m in &r.mirrors {
                 anyhow::ensure!(
@@ -166,6 +192,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The CNI client's settings, with attachment records under `<root>/cni`.
+    pub fn cni_config(&self) -> crate::cni::CniConfig {
+        crate::cni::CniConfig {
+            conf_dirs: self.cni.conf_dirs.clone(),
+            bin_dirs: self.cni.bin_dirs.clone(),
+            cache_dir: self.root.join("cni"),
+            plugin_timeout: std::time::Duration::from_secs(self.cni.plugin_timeout_secs),
+        }
     }
 
     /// The registry settings the image service uses.
@@ -223,6 +259,23 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from("/run/cairn/cairn.sock"));
         assert_eq!(c.image.max_concurrent_downloads, 3);
         assert!(c.registries.is_empty());
+        let cni = c.cni_config();
+        assert_eq!(cni.conf_dirs, [PathBuf::from(crate::cni::DEFAULT_CONF_DIR)]);
+        let bins: Vec<PathBuf> = crate::cni::DEFAULT_BIN_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(cni.bin_dirs, bins);
+        assert_eq!(cni.cache_dir, PathBuf::from("/var/lib/cairn/cni"));
+    }
+
+    #[test]
+    fn cni_dirs() {
+        let c = Config::parse("[cni]\nconf_dirs = [\"/tmp/n\"]\n").unwrap();
+        assert_eq!(c.cni.conf_dirs, [PathBuf::from("/tmp/n")]);
+        assert_eq!(c.cni.bin_dirs.len(), 2);
+        assert!(Config::parse("[cni]\nconf_dir = \"/x\"").is_err());
+        assert!(Config::parse("[cni]\nplugin_timeout_secs = 0").is_err());
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! cgroups, removes them, unmounts what the shim had mounted, records the containers
 //! exited and the pod not ready, so that stop and remove find nothing left to do.
 //!
+//! A pod that does not use the host network is attached to the CNI network in use once
+//! its shim made its namespace, and detached (DEL) when it stops or its shim dies. With
+//! no CNI config file at all such a pod gets loopback only (NetworkReady is false); an
+//! invalid config makes RunPodSandbox fail before anything is made.
+//!
 //! A pod's CRI `runtime_handler` picks what its shim runs containers with: cairn's
 //! built-in launcher ("", "cairn"), or an OCI runtime binary from `[runtimes.<name>]`.
 
@@ -31,6 +36,7 @@ use tokio::sync::{broadcast, Mutex};
 use tonic::Status;
 
 use crate::cgroup::{Cgroup, Layout};
+use crate::cni::{self, Cni, CniConfig};
 use crate::config::{RuntimeHandler, RuntimeKind};
 use crate::podns;
 use crate::spec::{self, ContainerContext, PodContext};
@@ -145,14 +151,18 @@ pub struct Runtime {
     monitored: std::sync::Mutex<HashSet<String>>,
     /// The configured runtime handlers (`[runtimes.<name>]`).
     handlers: BTreeMap<String, RuntimeHandler>,
+    /// Pod networking.
+    cni: Cni,
 }
 
 impl Runtime {
-    /// The runtime with the given runtime handlers (`Config::runtimes`).
+    /// The runtime with the given runtime handlers (`Config::runtimes`) and CNI settings
+    /// (`Config::cni_config`).
     pub fn with_handlers(
         images: Arc<ImageService>,
         state: &Path,
         handlers: BTreeMap<String, RuntimeHandler>,
+        cni: CniConfig,
     ) -> anyhow::Result<Arc<Runtime>> {
         let shim_bin = std::env::current_exe()?
             .parent()
@@ -172,6 +182,7 @@ impl Runtime {
             layout: Layout::detect().ok(),
             monitored: std::sync::Mutex::new(HashSet::new()),
             handlers,
+            cni: Cni::new(cni),
         }))
     }
 
@@ -320,7 +331,19 @@ impl Runtime {
                 Ok(id)
             }
             Err(e) => {
+                if !is_host_network(&pod.config) {
+                    if let Ok(n) = pod_network(&pod) {
+                        if let Err(e) = self.cni.del(&n).await {
+                            tracing::warn!(pod = %id, error = %e, "detaching a pod that failed to start");
+                        }
+                    }
+                }
                 self.teardown_pod(&pod).await;
+                if let Err(e) = std::fs::remove_dir_all(&pod.dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(pod = %id, error = %e, "removing {}", pod.dir.display());
+                    }
+                }
                 let _ = self.store().delete_record(PODS, &id);
                 Err(e)
             }
@@ -328,6 +351,8 @@ impl Runtime {
     }
 
     async fn start_pod(&self, pod: &mut PodRecord) -> Result<(), Status> {
+        // Fails before anything is made.
+        let networked = self.network_wanted(pod)?;
         std::fs::create_dir_all(&pod.dir).map_err(internal)?;
         let hostname = pod_hostname(&pod.config);
         write_pod_files(&pod.dir, &pod.config, &hostname).map_err(internal)?;
@@ -391,7 +416,42 @@ impl Runtime {
         }
         pod.shim_pid = pid;
         self.shim(pod).await?;
+        if networked {
+            self.cni.add(&pod_network(pod)?).await?;
+        }
         Ok(())
+    }
+
+    /// Whether the pod is to be attached to a CNI network: not with the host network, nor
+    /// when there is no CNI config at all (loopback only, as NetworkReady says); an
+    /// invalid config is an error.
+    fn network_wanted(&self, pod: &PodRecord) -> Result<bool, Status> {
+        if is_host_network(&pod.config) {
+            return Ok(false);
+        }
+        match self.cni.status() {
+            Ok(_) => Ok(true),
+            Err(e) if cni::conf::list_files(&self.cni.config().conf_dirs).is_empty() => {
+                tracing::warn!(pod = %pod.id, "{e}: the pod gets loopback only");
+                Ok(false)
+            }
+            Err(e) => Err(Status::failed_precondition(format!(
+                "RunPodSandbox: CNI network not ready: {e}"
+            ))),
+        }
+    }
+
+    /// The NetworkReady condition: the CNI network in use, or why there is none.
+    pub fn network_status(&self) -> Result<String, String> {
+        self.cni.status()
+    }
+
+    /// The pod's IPs, as its CNI ADD result gave them (empty when it has none).
+    pub fn pod_network_status(&self, pod: &PodRecord) -> cri::PodSandboxNetworkStatus {
+        self.cni
+            .result(&pod.id)
+            .map(|r| r.to_cri())
+            .unwrap_or_default()
     }
 
     /// The runtime handler names pods may ask for ("" is the default), each with
@@ -445,6 +505,10 @@ impl Runtime {
             .filter(|c| c.pod_id == pod.id)
         {
             self.stop_container(&c.id, 0).await?;
+        }
+        // While the shim still holds the namespace; an error makes kubelet retry.
+        if !is_host_network(&pod.config) {
+            self.cni.del(&pod_network(&pod)?).await?;
         }
         self.teardown_pod(&pod).await;
         if pod.ready {
@@ -544,6 +608,17 @@ impl Runtime {
             // An OCI-runtime pod's shim mounts rootfs in the host's mount namespace.
             let rootfs = self.state.join("containers").join(&c.id).join("rootfs");
             let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+        }
+        // Detached while the namespace's mount may still hold it (DEL copes without).
+        if self.cni.result(&pod.id).is_some() {
+            match pod_network(&pod) {
+                Ok(n) => {
+                    if let Err(e) = self.cni.del(&n).await {
+                        tracing::warn!(pod = %pod_id, error = %e, "detaching the pod from its network");
+                    }
+                }
+                Err(e) => tracing::warn!(pod = %pod_id, error = %e.message(), "detaching the pod"),
+            }
         }
         podns::release(&pod.dir);
         {
@@ -1268,6 +1343,16 @@ fn exited_ns(w: &task::WaitResponse) -> i64 {
         .as_ref()
         .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
         .unwrap_or_else(now_ns)
+}
+
+fn is_host_network(config: &cri::PodSandboxConfig) -> bool {
+    namespace_mode(config, |o| o.network) == cri::NamespaceMode::Node
+}
+
+/// The pod as CNI sees it, with the namespace its shim holds.
+fn pod_network(p: &PodRecord) -> Result<cni::PodNetwork, Status> {
+    cni::PodNetwork::from_sandbox(&p.id, &p.config, &podns::ns_path(&p.dir, "net"))
+        .map_err(|e| Status::invalid_argument(format!("pod sandbox {}: {e}", p.id)))
 }
 
 fn namespace_mode(

@@ -86,7 +86,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         images.clone(),
         &config.state,
         config.runtimes.clone(),
+        config.cni_config(),
     )?;
+    match runtime.network_status() {
+        Ok(name) => tracing::info!("CNI network {name} in use"),
+        Err(e) => tracing::warn!(
+            "{e}: pods that do not use the host network get loopback only until a CNI config appears"
+        ),
+    }
     runtime
         .recover()
         .await

@@ -53,14 +53,14 @@ fn matches_labels(have: &HashMap<String, String>, want: &HashMap<String, String>
     want.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
-fn pod_status(p: &PodRecord) -> cri::PodSandboxStatus {
+fn pod_status(rt: &Runtime, p: &PodRecord) -> cri::PodSandboxStatus {
     let (labels, annotations) = labels(p);
     cri::PodSandboxStatus {
         id: p.id.clone(),
         metadata: p.config.metadata.clone(),
         state: pod_state(p),
         created_at: p.created_ns,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(rt.pod_network_status(p)),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
                 options: p
@@ -139,7 +139,7 @@ fn container_item(c: &ContainerRecord) -> cri::Container {
 /// left out), as kubelet's evented PLEG reads them.
 fn event_response(rt: &Runtime, ev: ContainerEvent) -> cri::ContainerEventResponse {
     let c = &ev.container;
-    let pod_sandbox_status = rt.pod(&c.pod_id).ok().map(|p| pod_status(&p));
+    let pod_sandbox_status = rt.pod(&c.pod_id).ok().map(|p| pod_status(rt, &p));
     let deleted = ev.kind == cri::ContainerEventType::ContainerDeletedEvent;
     let mut containers_statuses: Vec<cri::ContainerStatus> = rt
         .containers()
@@ -302,15 +302,11 @@ impl RuntimeService for RuntimeApi {
         &self,
         _request: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
-        let conditions = vec![
-            condition("RuntimeReady", true, "", ""),
-            condition(
-                "NetworkReady",
-                false,
-                "NetworkPluginNotReady",
-                "cairn: pod networking (CNI) is not implemented yet",
-            ),
-        ];
+        let network = match self.rt.network_status() {
+            Ok(_) => condition("NetworkReady", true, "", ""),
+            Err(e) => condition("NetworkReady", false, "NetworkPluginNotReady", &e),
+        };
+        let conditions = vec![condition("RuntimeReady", true, "", ""), network];
         let runtime_handlers = self
             .rt
             .handlers()
@@ -410,7 +406,7 @@ impl RuntimeService for RuntimeApi {
             .map(container_status)
             .collect();
         Ok(Response::new(cri::PodSandboxStatusResponse {
-            status: Some(pod_status(&p)),
+            status: Some(pod_status(&self.rt, &p)),
             info,
             containers_statuses,
             timestamp: now_ns(),
