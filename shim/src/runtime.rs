@@ -204,21 +204,35 @@ impl Runtime {
     }
 
     fn find_pod(&self, id: &str) -> Result<Option<PodRecord>, Status> {
+        self.find_record(PODS, "pod sandbox", id, |p: &PodRecord| p.id.as_str())
+    }
+
+    /// A record by full ID or by a unique prefix of it, as crictl users type them.
+    fn find_record<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        what: &str,
+        id: &str,
+        id_of: fn(&T) -> &str,
+    ) -> Result<Option<T>, Status> {
         if id.is_empty() {
-            return Err(Status::invalid_argument("pod sandbox ID is empty"));
+            return Err(Status::invalid_argument(format!("{what} ID is empty")));
         }
-        if let Some(p) = self.store().get_record(PODS, id).map_err(store_err)? {
-            return Ok(Some(p));
+        if let Some(r) = self.store().get_record(table, id).map_err(store_err)? {
+            return Ok(Some(r));
         }
-        // A unique prefix, as crictl users type them.
-        let matches: Vec<PodRecord> = self
-            .pods()?
+        let mut matches: Vec<T> = self
+            .store()
+            .list_records::<T>(table)
+            .map_err(store_err)?
             .into_iter()
-            .filter(|p| p.id.starts_with(id))
+            .filter(|r| id_of(r).starts_with(id))
             .collect();
-        Ok((matches.len() == 1)
-            .then(|| matches.into_iter().next())
-            .flatten())
+        Ok(if matches.len() == 1 {
+            matches.pop()
+        } else {
+            None
+        })
     }
 
     pub fn container(&self, id: &str) -> Result<ContainerRecord, Status> {
@@ -227,20 +241,9 @@ impl Runtime {
     }
 
     fn find_container(&self, id: &str) -> Result<Option<ContainerRecord>, Status> {
-        if id.is_empty() {
-            return Err(Status::invalid_argument("container ID is empty"));
-        }
-        if let Some(c) = self.store().get_record(CONTAINERS, id).map_err(store_err)? {
-            return Ok(Some(c));
-        }
-        let matches: Vec<ContainerRecord> = self
-            .containers()?
-            .into_iter()
-            .filter(|c| c.id.starts_with(id))
-            .collect();
-        Ok((matches.len() == 1)
-            .then(|| matches.into_iter().next())
-            .flatten())
+        self.find_record(CONTAINERS, "container", id, |c: &ContainerRecord| {
+            c.id.as_str()
+        })
     }
 
     fn save_pod(&self, p: &PodRecord) -> Result<(), Status> {
