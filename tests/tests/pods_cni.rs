@@ -1,11 +1,16 @@
 //! Pod networking through cairnd's CRI socket, with Debian's CNI plugins (bridge,
-//! host-local, loopback): NetworkReady follows the conf dir (also when a config appears
-//! while cairnd runs), pods get distinct IPs on a private bridge and talk over TCP,
-//! StopPodSandbox gives the IP back (idempotently, and after a `kill -9` of cairnd), and a
-//! malformed network list makes RunPodSandbox fail without leaving anything behind.
+//! host-local, loopback, portmap): NetworkReady follows the conf dir (also when a config
+//! appears while cairnd runs), pods get distinct IPs on a private bridge and talk over TCP,
+//! StopPodSandbox gives the IP back (idempotently, and after a `kill -9` of cairnd), a
+//! malformed network list makes RunPodSandbox fail without leaving anything behind, a
+//! hostPort on 127.0.0.1 reaches the pod and its iptables rules go with it, and pods
+//! created and removed in a loop (30, or `CAIRN_CNI_LOOP_PODS`) leave no veth, IP
+//! allocation, mount, iptables rule or attachment record.
 //!
 //! Each test has its own conf dir, bridge, subnet (10.124.<n>.0/24) and IPAM dir; the
-//! host's /etc/cni/net.d is never read or touched. Bridges and veths are removed on drop.
+//! host's /etc/cni/net.d is never read or touched. Bridges and veths are removed on drop,
+//! and so are the iptables chains portmap adds (`PortmapChains`, which also serialises the
+//! portmap tests).
 //!
 //! Needs root and `apt-get install containernetworking-plugins`.
 
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::cri;
 use cairn_tests::image::ImageConfig;
-use cairn_tests::net::Bridge;
+use cairn_tests::net::{fetch, iptables_dump, link_exists, Bridge, PortmapChains};
 use pods_common::*;
 use serde_json::{json, Value};
 
@@ -99,10 +104,36 @@ impl Net {
     }
 
     fn write_list(&self) {
+        self.write_value(&self.list());
+    }
+
+    /// `list` with portmap after bridge (hostPort mappings; SNAT so that connections from
+    /// the host's 127.0.0.1 are answered). portmap 1.1 has no option naming its chains:
+    /// `PortmapChains` removes the ones it adds.
+    fn write_list_with_portmap(&self) {
+        let mut list = self.list();
+        let plugins = list["plugins"].as_array_mut().unwrap();
+        plugins.insert(
+            1,
+            json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}),
+        );
+        self.write_value(&list);
+    }
+
+    fn write_value(&self, list: &Value) {
         self.write(
             "10-test.conflist",
-            &serde_json::to_string_pretty(&self.list()).unwrap(),
+            &serde_json::to_string_pretty(list).unwrap(),
         );
+    }
+
+    /// What host-local keeps in the network's dir besides allocations.
+    fn ipam_leftovers(&self) -> Vec<String> {
+        entries(&self.dir.path().join("ipam").join(&self.network))
+            .into_iter()
+            .map(|e| e.to_string_lossy().into_owned())
+            .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+            .collect()
     }
 
     /// The addresses host-local holds for this network.
@@ -354,5 +385,132 @@ async fn a_malformed_list_fails_the_pod_and_leaves_nothing() {
     sc.namespace_options.as_mut().unwrap().network = cri::NamespaceMode::Node as i32;
     let pod = node.run_pod_with(&mut rt, config, "").await;
     remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The pod config with a hostPort on 127.0.0.1 for TCP `container_port`.
+fn with_host_port(
+    mut config: cri::PodSandboxConfig,
+    container_port: i32,
+    host_port: u16,
+) -> cri::PodSandboxConfig {
+    config.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port,
+        host_port: i32::from(host_port),
+        host_ip: "127.0.0.1".into(),
+    }];
+    config
+}
+
+/// The iptables rules (both families) that mention any of `needles`.
+fn rules_mentioning(needles: &[String]) -> Vec<String> {
+    iptables_dump()
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .filter(|l| needles.iter().any(|n| l.contains(n.as_str())))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_host_port_reaches_the_pod_and_goes_away_with_it() {
+    let _chains = PortmapChains::take();
+    let net = Net::new();
+    net.write_list_with_portmap();
+    let node = node(&net).await;
+    let mut rt = node.rt().await;
+    assert!(network_ready(&mut rt).await.status);
+
+    let port = free_port();
+    let config = with_host_port(node.pod_config("hostport-a"), 80, port);
+    let a = node.run_pod_with(&mut rt, config, "").await;
+    let ip = pod_ip(&mut rt, &a).await;
+    assert!(ip.starts_with(&net.prefix()), "{ip}");
+    node.run(
+        &mut rt,
+        &a,
+        "server",
+        &[
+            "sh",
+            "-c",
+            "while true; do nc -l -p 80 -e echo hello-from-a; done",
+        ],
+    )
+    .await;
+    let needles = vec![a.clone(), format!("--dport {port}")];
+    assert!(!rules_mentioning(&needles).is_empty(), "no portmap rules");
+
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let got = tokio::task::spawn_blocking(move || fetch(None, addr, Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.trim(), "hello-from-a");
+
+    remove_pod(&mut rt, &a).await;
+    let left = rules_mentioning(&needles);
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+    assert!(net.bridge.ports().is_empty(), "{:?}", net.bridge.ports());
+    assert!(records(&node).is_empty(), "{:?}", records(&node));
+    assert_clean(&node);
+}
+
+/// How many pods `pods_come_and_go_without_leftovers` makes: 30, or env
+/// `CAIRN_CNI_LOOP_PODS` (the 100 take about 55 s in a debug build).
+fn loop_pods() -> usize {
+    std::env::var("CAIRN_CNI_LOOP_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+#[tokio::test]
+async fn pods_come_and_go_without_leftovers() {
+    let _chains = PortmapChains::take();
+    let net = Net::new();
+    net.write_list_with_portmap();
+    let node = node(&net).await;
+    let mut rt = node.rt().await;
+    assert!(network_ready(&mut rt).await.status);
+
+    let port = free_port();
+    let started = Instant::now();
+    let (mut pods, mut veths) = (Vec::new(), Vec::new());
+    for i in 0..loop_pods() {
+        let config = with_host_port(node.pod_config(&format!("loop-{i}")), 80, port);
+        let pod = node.run_pod_with(&mut rt, config, "").await;
+        let ip = pod_ip(&mut rt, &pod).await;
+        assert!(ip.starts_with(&net.prefix()), "pod {i}: {ip}");
+        let ports = net.bridge.ports();
+        assert_eq!(ports.len(), 1, "pod {i}: {ports:?}");
+        veths.extend(ports);
+        node.run(&mut rt, &pod, "c", &["true"]).await;
+        remove_pod(&mut rt, &pod).await;
+        pods.push(pod);
+    }
+    eprintln!("{} pods in {:?}", pods.len(), started.elapsed());
+
+    assert!(net.bridge.ports().is_empty(), "{:?}", net.bridge.ports());
+    let veths: Vec<_> = veths.into_iter().filter(|v| link_exists(v)).collect();
+    assert!(veths.is_empty(), "veths left: {veths:?}");
+    assert!(
+        net.ipam_leftovers().is_empty(),
+        "{:?}",
+        net.ipam_leftovers()
+    );
+    let mut needles = pods.clone();
+    needles.push(format!("--dport {port}"));
+    let left = rules_mentioning(&needles);
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(records(&node).is_empty(), "{:?}", records(&node));
+    // No netns (or other) mount under the daemon's dirs, no pod dirs, shims or cgroups.
     assert_clean(&node);
 }
