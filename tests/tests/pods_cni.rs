@@ -463,13 +463,13 @@ async fn a_host_port_reaches_the_pod_and_goes_away_with_it() {
     assert_clean(&node);
 }
 
-/// How many pods `pods_come_and_go_without_leftovers` makes: 30, or env
-/// `CAIRN_CNI_LOOP_PODS` (the 100 take about 55 s in a debug build).
+/// How many pods `pods_come_and_go_without_leftovers` makes: the 100 (about 55 s
+/// in a debug build), or env `CAIRN_CNI_LOOP_PODS` for a quicker run.
 fn loop_pods() -> usize {
     std::env::var("CAIRN_CNI_LOOP_PODS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30)
+        .unwrap_or(100)
 }
 
 #[tokio::test]
