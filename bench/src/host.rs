@@ -4,7 +4,6 @@
 //! readers (RSS, PSS) and finding processes by command line.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use cairn_tests::net::Bridge;
@@ -152,21 +151,9 @@ impl CniNet {
     }
 }
 
-/// Runs a command; fails with its stderr.
+/// Runs a command; fails with its stderr (the test harness's runner, output dropped).
 pub fn run(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    cairn_tests::net::sh(program, args).map(drop)
 }
 
 /// The command line of a process, split at NULs.

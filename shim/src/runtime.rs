@@ -1125,92 +1125,13 @@ impl Runtime {
         let out = bundle.join(format!("exec-{exec_id}.out"));
         let err = bundle.join(format!("exec-{exec_id}.err"));
         let value = serde_json::to_vec(&process).map_err(internal)?;
-        let result = async {
-            client
-                .exec(
-                    ctx(),
-                    &task::ExecProcessRequest {
-                        id: rec.id.clone(),
-                        exec_id: exec_id.clone(),
-                        stdout: out.display().to_string(),
-                        stderr: err.display().to_string(),
-                        spec: MessageField::some(Any {
-                            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process"
-                                .into(),
-                            value,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| ttrpc_status(&format!("exec in {}", rec.id), e))?;
-            client
-                .start(
-                    ctx(),
-                    &task::StartRequest {
-                        id: rec.id.clone(),
-                        exec_id: exec_id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| ttrpc_status(&format!("exec in {}", rec.id), e))?;
-            let wait_exec = task::WaitRequest {
-                id: rec.id.clone(),
-                exec_id: exec_id.clone(),
-                ..Default::default()
-            };
-            let wait = client.wait(ctx(), &wait_exec);
-            let code = if timeout > 0 {
-                match tokio::time::timeout(Duration::from_secs(timeout as u64), wait).await {
-                    Ok(r) => r.map_err(|e| ttrpc_status("exec wait", e))?.exit_status as i32,
-                    Err(_) => {
-                        let _ = client
-                            .kill(
-                                ctx(),
-                                &task::KillRequest {
-                                    id: rec.id.clone(),
-                                    exec_id: exec_id.clone(),
-                                    signal: libc::SIGKILL as u32,
-                                    ..Default::default()
-                                },
-                            )
-                            .await;
-                        let _ = client
-                            .wait(
-                                ctx(),
-                                &task::WaitRequest {
-                                    id: rec.id.clone(),
-                                    exec_id: exec_id.clone(),
-                                    ..Default::default()
-                                },
-                            )
-                            .await;
-                        return Err(Status::deadline_exceeded(format!(
-                            "ExecSync in {}: command timed out after {timeout}s and was killed",
-                            rec.id
-                        )));
-                    }
-                }
-            } else {
-                wait.await
-                    .map_err(|e| ttrpc_status("exec wait", e))?
-                    .exit_status as i32
-            };
-            Ok::<i32, Status>(code)
-        }
-        .await;
-        let _ = client
-            .delete(
-                ctx(),
-                &task::DeleteRequest {
-                    id: rec.id.clone(),
-                    exec_id: exec_id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await;
+        let exec = ExecRef {
+            client: &client,
+            id: &rec.id,
+            exec_id: &exec_id,
+        };
+        let result = exec.run(&out, &err, value, timeout).await;
+        exec.delete().await;
         let stdout = std::fs::read(&out).unwrap_or_default();
         let stderr = std::fs::read(&err).unwrap_or_default();
         let _ = std::fs::remove_file(&out);
@@ -1331,6 +1252,89 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+}
+
+/// One exec of `ExecSync` in a container's shim.
+struct ExecRef<'a> {
+    client: &'a TaskClient,
+    id: &'a str,
+    exec_id: &'a str,
+}
+
+impl ExecRef<'_> {
+    fn what(&self) -> String {
+        format!("exec in {}", self.id)
+    }
+
+    /// Creates, starts and waits for the exec; a timeout kills it.
+    async fn run(
+        &self,
+        out: &Path,
+        err: &Path,
+        process: Vec<u8>,
+        timeout: i64,
+    ) -> Result<i32, Status> {
+        let create = task::ExecProcessRequest {
+            id: self.id.to_string(),
+            exec_id: self.exec_id.to_string(),
+            stdout: out.display().to_string(),
+            stderr: err.display().to_string(),
+            spec: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: process,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.client
+            .exec(ctx(), &create)
+            .await
+            .map_err(|e| ttrpc_status(&self.what(), e))?;
+        let start = task::StartRequest {
+            id: self.id.to_string(),
+            exec_id: self.exec_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .start(ctx(), &start)
+            .await
+            .map_err(|e| ttrpc_status(&self.what(), e))?;
+        let wait = task::WaitRequest {
+            id: self.id.to_string(),
+            exec_id: self.exec_id.to_string(),
+            ..Default::default()
+        };
+        if timeout <= 0 {
+            let w = self.client.wait(ctx(), &wait).await;
+            return Ok(w.map_err(|e| ttrpc_status(&self.what(), e))?.exit_status as i32);
+        }
+        let limit = Duration::from_secs(timeout as u64);
+        if let Ok(w) = tokio::time::timeout(limit, self.client.wait(ctx(), &wait)).await {
+            return Ok(w.map_err(|e| ttrpc_status(&self.what(), e))?.exit_status as i32);
+        }
+        let kill = task::KillRequest {
+            id: self.id.to_string(),
+            exec_id: self.exec_id.to_string(),
+            signal: libc::SIGKILL as u32,
+            ..Default::default()
+        };
+        let _ = self.client.kill(ctx(), &kill).await;
+        let _ = self.client.wait(ctx(), &wait).await;
+        Err(Status::deadline_exceeded(format!(
+            "ExecSync in {}: command timed out after {timeout}s and was killed",
+            self.id
+        )))
+    }
+
+    /// Forgets the exec in the shim (whatever happened to it).
+    async fn delete(&self) {
+        let req = task::DeleteRequest {
+            id: self.id.to_string(),
+            exec_id: self.exec_id.to_string(),
+            ..Default::default()
+        };
+        let _ = self.client.delete(ctx(), &req).await;
     }
 }
 

@@ -489,19 +489,7 @@ impl TaskService {
         }
         let (target, process, stdout, stderr, cgroup_procs) = {
             let containers = self.lock();
-            let c = containers.get(id).ok_or_else(|| not_found(id))?;
-            if !c.init.started || c.init.exit.is_some() {
-                return Err(err(
-                    ttrpc::Code::FAILED_PRECONDITION,
-                    format!("container {id} is not running"),
-                ));
-            }
-            let x = c.execs.get(exec_id).ok_or_else(|| {
-                err(
-                    ttrpc::Code::NOT_FOUND,
-                    format!("exec {exec_id} of container {id} not found"),
-                )
-            })?;
+            let (c, x) = running_exec(&containers, id, exec_id)?;
             (
                 c.init.pid,
                 x.process.clone(),
@@ -558,19 +546,7 @@ impl TaskService {
     ) -> Result<u32, ttrpc::Error> {
         let (bundle, process, stdout, stderr) = {
             let containers = self.lock();
-            let c = containers.get(id).ok_or_else(|| not_found(id))?;
-            if !c.init.started || c.init.exit.is_some() {
-                return Err(err(
-                    ttrpc::Code::FAILED_PRECONDITION,
-                    format!("container {id} is not running"),
-                ));
-            }
-            let x = c.execs.get(exec_id).ok_or_else(|| {
-                err(
-                    ttrpc::Code::NOT_FOUND,
-                    format!("exec {exec_id} of container {id} not found"),
-                )
-            })?;
+            let (c, x) = running_exec(&containers, id, exec_id)?;
             (
                 PathBuf::from(&c.bundle),
                 x.process.clone(),
@@ -781,6 +757,28 @@ impl TaskService {
             let _ = tx.send(());
         }
     }
+}
+
+/// A running container and one of its execs, or why not.
+fn running_exec<'a>(
+    containers: &'a HashMap<String, Container>,
+    id: &str,
+    exec_id: &str,
+) -> Result<(&'a Container, &'a ExecProc), ttrpc::Error> {
+    let c = containers.get(id).ok_or_else(|| not_found(id))?;
+    if !c.init.started || c.init.exit.is_some() {
+        return Err(err(
+            ttrpc::Code::FAILED_PRECONDITION,
+            format!("container {id} is not running"),
+        ));
+    }
+    let x = c.execs.get(exec_id).ok_or_else(|| {
+        err(
+            ttrpc::Code::NOT_FOUND,
+            format!("exec {exec_id} of container {id} not found"),
+        )
+    })?;
+    Ok((c, x))
 }
 
 fn wait_code(pid: i32) -> i32 {
