@@ -149,19 +149,34 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
 /// uts, net, pid and mount namespaces (and its cgroup namespace if it differs from ours)
 /// and `cgroup_procs`, sets user, groups, capabilities, no_new_privs, cwd and env.
 ///
+/// `seccomp` is the container's filter (its spec's `linux.seccomp`): an exec'd process is
+/// confined like the container's own, see [`bundle_seccomp`].
+///
 /// Like [`create`], it returns the process (a child of the caller) blocked before
 /// `execve`: call [`Created::start`] right away. The split lets the caller record the pid
 /// with its reaper before the process can exit.
 pub fn exec(
     target_pid: i32,
     process: &oci_spec::runtime::Process,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
     cgroup_procs: &[PathBuf],
     stdio: Stdio,
 ) -> Result<Created, LaunchError> {
     ensure_subreaper()?;
-    let plan = plan::exec(target_pid, process, cgroup_procs)?;
+    let plan = plan::exec(target_pid, process, seccomp, cgroup_procs)?;
     let (stdio, pty_master) = prepare_stdio(stdio, process.console_size())?;
     launch(Middle::Exec(&plan), plan.fds(), stdio, pty_master)
+}
+
+/// The seccomp profile of the container whose bundle is `bundle` (its config.json's
+/// `linux.seccomp`), for [`exec`].
+pub fn bundle_seccomp(
+    bundle: &std::path::Path,
+) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, LaunchError> {
+    let path = bundle.join("config.json");
+    let spec = oci_spec::runtime::Spec::load(&path)
+        .map_err(|e| LaunchError::InvalidSpec(format!("reading {}: {e}", path.display())))?;
+    Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
 }
 
 impl Created {

@@ -11,5 +11,7 @@ pub mod crilog;
 pub mod launch;
 pub mod podns;
 pub mod runtime;
+pub mod seccomp;
 pub mod spec;
+pub mod stdio;
 pub mod task;

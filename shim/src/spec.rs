@@ -6,12 +6,20 @@
 //! and read-only kernel paths, runc's default device allow list, and the image's run
 //! defaults (Entrypoint/Cmd, Env, WorkingDir, User) merged with what kubelet asked for.
 //!
-//! Everything here is computed from its inputs, except three reads of the host: the CRI
+//! Security contexts are checked and turned into the spec here: capabilities, the seccomp
+//! profile (cairn's RuntimeDefault from [`crate::seccomp`], Unconfined, or a Localhost file
+//! read and compiled now), AppArmor and SELinux requests (refused when they name a profile or
+//! label: this node has neither), namespace options (conflicts refused; pid TARGET resolved by
+//! the runtime through [`set_pid_namespace`]) and namespaced sysctls only
+//! ([`validate_sysctls`]; [`validate_sandbox`] checks a RunPodSandbox request up front).
+//!
+//! Everything here is computed from its inputs, except a few reads of the host: the CRI
 //! devices are `stat`ed for their type and numbers, a missing CRI mount source is created as a
 //! directory (Docker's behaviour, which hostPath volumes rely on) and symlinks in mount sources
-//! are resolved, and `/sys/fs/cgroup` is probed to decide whether containers get a cgroup
-//! namespace (cgroup v2 only). Privileged containers also get every device node of the host's
-//! `/dev`.
+//! are resolved, `/sys/fs/cgroup` is probed to decide whether containers get a cgroup
+//! namespace (cgroup v2 only), Localhost seccomp profiles are read, and cairnd's own bounding
+//! set bounds what a privileged container gets. Privileged containers also get every device
+//! node of the host's `/dev`.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -23,8 +31,8 @@ use cairn_proto::cri;
 use cairn_snapshotter::manifest::ImageConfig;
 use oci_spec::runtime::{
     Capabilities, Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxDevice, LinuxDeviceCgroup,
-    LinuxDeviceType, LinuxHugepageLimit, LinuxMemory, LinuxNamespace, LinuxNamespaceType,
-    LinuxResources, Mount, Process, Root, Spec, User, VERSION,
+    LinuxDeviceType, LinuxHugepageLimit, LinuxIdMappingBuilder, LinuxMemory, LinuxNamespace,
+    LinuxNamespaceType, LinuxResources, Mount, Process, Root, Spec, User, VERSION,
 };
 
 /// `PATH` given to containers whose image and CRI config set none.
@@ -51,7 +59,8 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
-/// Every capability the spec can name: what a privileged container (or CRI "ALL") gets.
+/// Every capability the spec can name (a privileged container, or CRI "ALL", gets those of
+/// them cairnd holds: [`current_capabilities`]).
 pub const ALL_CAPABILITIES: [Capability; 41] = [
     Capability::AuditControl,
     Capability::AuditRead,
@@ -185,6 +194,49 @@ pub struct PodContext {
     pub cgroup_parent: String,
     /// From `LinuxPodSandboxConfig.sysctls`.
     pub sysctls: HashMap<String, String>,
+    /// The pod's user namespace (`userns_options` mode POD); `None` = the host's.
+    pub userns: Option<PodUserns>,
+}
+
+/// A pod's user namespace: the bind-mounted namespace file and its id mappings, as
+/// RunPodSandbox asked for them (validated by [`validate_sandbox`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodUserns {
+    pub path: PathBuf,
+    pub uids: Vec<cri::IdMapping>,
+    pub gids: Vec<cri::IdMapping>,
+}
+
+impl PodUserns {
+    /// The host uid and gid of the container's root (container id 0).
+    pub fn host_root(&self) -> Option<(u32, u32)> {
+        Some((host_id_of(&self.uids, 0)?, host_id_of(&self.gids, 0)?))
+    }
+}
+
+/// The host id that container id `id` maps to.
+pub fn host_id_of(maps: &[cri::IdMapping], id: u32) -> Option<u32> {
+    maps.iter()
+        .find(|m| id >= m.container_id && u64::from(id) < end(m.container_id, m.length))
+        .map(|m| m.host_id + (id - m.container_id))
+}
+
+fn end(start: u32, length: u32) -> u64 {
+    u64::from(start) + u64::from(length)
+}
+
+/// The user namespace RunPodSandbox asks for: `Some` only for mode POD.
+pub fn requested_userns(config: &cri::PodSandboxConfig) -> Option<&cri::UserNamespace> {
+    config
+        .linux
+        .as_ref()?
+        .security_context
+        .as_ref()?
+        .namespace_options
+        .as_ref()?
+        .userns_options
+        .as_ref()
+        .filter(|u| u.mode == cri::NamespaceMode::Pod as i32)
 }
 
 /// The container being created.
@@ -249,9 +301,24 @@ pub fn build_spec(pod: &PodContext, c: &ContainerContext) -> Result<Spec, SpecEr
     let privileged = sc.is_some_and(|s| s.privileged);
     let readonly_rootfs = sc.is_some_and(|s| s.readonly_rootfs);
 
+    check_container_namespaces(pod, sc.and_then(|s| s.namespace_options.as_ref()), &who)?;
+    check_apparmor(
+        sc.and_then(|s| s.apparmor.as_ref()),
+        sc.map_or("", legacy_apparmor),
+        &who,
+    )?;
+    check_selinux(sc.and_then(|s| s.selinux_options.as_ref()), &who)?;
+    validate_sysctls(&pod.sysctls, pod.netns.is_none(), pod.ipcns.is_none(), &who)?;
     let process = process(pod, c, &who, privileged)?;
+    let bounding = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().clone())
+        .unwrap_or_default();
+    let seccomp = seccomp_profile(sc, privileged, &bounding, &who)?;
     let mounts = mounts(pod, c, &who, privileged, readonly_rootfs)?;
-    let linux = linux(pod, c, &who, privileged)?;
+    let mut linux = linux(pod, c, &who, privileged)?;
+    linux.set_seccomp(seccomp);
 
     let mut root = Root::default();
     root.set_path(c.rootfs.clone())
@@ -724,6 +791,74 @@ fn is_all(name: &str) -> bool {
     name.trim().eq_ignore_ascii_case("ALL")
 }
 
+/// The kernel's number of a capability (its bit in capability masks).
+pub fn capability_number(c: &Capability) -> u32 {
+    match c {
+        Capability::Chown => 0,
+        Capability::DacOverride => 1,
+        Capability::DacReadSearch => 2,
+        Capability::Fowner => 3,
+        Capability::Fsetid => 4,
+        Capability::Kill => 5,
+        Capability::Setgid => 6,
+        Capability::Setuid => 7,
+        Capability::Setpcap => 8,
+        Capability::LinuxImmutable => 9,
+        Capability::NetBindService => 10,
+        Capability::NetBroadcast => 11,
+        Capability::NetAdmin => 12,
+        Capability::NetRaw => 13,
+        Capability::IpcLock => 14,
+        Capability::IpcOwner => 15,
+        Capability::SysModule => 16,
+        Capability::SysRawio => 17,
+        Capability::SysChroot => 18,
+        Capability::SysPtrace => 19,
+        Capability::SysPacct => 20,
+        Capability::SysAdmin => 21,
+        Capability::SysBoot => 22,
+        Capability::SysNice => 23,
+        Capability::SysResource => 24,
+        Capability::SysTime => 25,
+        Capability::SysTtyConfig => 26,
+        Capability::Mknod => 27,
+        Capability::Lease => 28,
+        Capability::AuditWrite => 29,
+        Capability::AuditControl => 30,
+        Capability::Setfcap => 31,
+        Capability::MacOverride => 32,
+        Capability::MacAdmin => 33,
+        Capability::Syslog => 34,
+        Capability::WakeAlarm => 35,
+        Capability::BlockSuspend => 36,
+        Capability::AuditRead => 37,
+        Capability::Perfmon => 38,
+        Capability::Bpf => 39,
+        Capability::CheckpointRestore => 40,
+    }
+}
+
+/// The capabilities a privileged container, or CRI's "ALL", gets: those of cairnd's own
+/// bounding set (as containerd does), since the kernel cannot grant a container more.
+pub fn current_capabilities() -> Capabilities {
+    static CURRENT: std::sync::OnceLock<Capabilities> = std::sync::OnceLock::new();
+    CURRENT
+        .get_or_init(|| {
+            let bounding = fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    let line = s.lines().find(|l| l.starts_with("CapBnd:"))?;
+                    u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+                })
+                .unwrap_or(u64::MAX);
+            ALL_CAPABILITIES
+                .into_iter()
+                .filter(|c| bounding & (1u64 << capability_number(c)) != 0)
+                .collect()
+        })
+        .clone()
+}
+
 /// The capability set: the default set (all when privileged) with CRI drops then adds applied.
 /// "ALL" in add starts from every capability, "ALL" in drop from none.
 fn capability_set(
@@ -732,7 +867,7 @@ fn capability_set(
     who: &str,
 ) -> Result<Capabilities, SpecError> {
     if privileged {
-        return Ok(ALL_CAPABILITIES.into_iter().collect());
+        return Ok(current_capabilities());
     }
     let (add, drop) = caps.map_or((&[][..], &[][..]), |c| {
         (
@@ -741,7 +876,7 @@ fn capability_set(
         )
     });
     let mut set: Capabilities = if add.iter().any(|n| is_all(n)) {
-        ALL_CAPABILITIES.into_iter().collect()
+        current_capabilities()
     } else {
         DEFAULT_CAPABILITIES.into_iter().collect()
     };
@@ -867,6 +1002,12 @@ fn cri_mounts(config: &cri::ContainerConfig, who: &str) -> Result<Vec<(String, M
             ));
         }
         let prop = propagation(m.propagation, who, &dest)?;
+        if m.recursive_read_only && prop != "rprivate" {
+            return Err(invalid(
+                who,
+                format!("mount {dest}: recursive_read_only needs private propagation"),
+            ));
+        }
         let source = bind_source(&m.host_path, who, &dest)?;
         let access = match (m.readonly, m.recursive_read_only) {
             (true, true) => "rro",
@@ -1006,10 +1147,36 @@ fn pid_namespace(pod: &PodContext, config: &cri::ContainerConfig) -> Option<Linu
     match mode {
         Some(cri::NamespaceMode::Node) => None,
         Some(cri::NamespaceMode::Container) => Some(own()),
+        // A placeholder: the runtime points it at the target's namespace, see
+        // [`set_pid_namespace`].
+        Some(cri::NamespaceMode::Target) => Some(own()),
         _ if pod.pidns.is_some() => Some(namespace(LinuxNamespaceType::Pid, pod.pidns.as_ref())),
         _ if pod.host_pid => None,
         _ => Some(own()),
     }
+}
+
+/// The container whose pid namespace a container with pid mode TARGET joins.
+pub fn pid_target(config: &cri::ContainerConfig) -> Option<&str> {
+    security_context(config)
+        .and_then(|s| s.namespace_options.as_ref())
+        .filter(|o| o.pid == cri::NamespaceMode::Target as i32)
+        .map(|o| o.target_id.as_str())
+        .filter(|t| !t.is_empty())
+}
+
+/// Makes the container join the pid namespace at `path` (for TARGET: the target container's
+/// `/proc/<pid>/ns/pid`), replacing the spec's pid namespace entry.
+pub fn set_pid_namespace(spec: &mut Spec, path: PathBuf) {
+    let Some(namespaces) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    else {
+        return;
+    };
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+    namespaces.insert(0, namespace(LinuxNamespaceType::Pid, Some(&path)));
 }
 
 /// Whether the host runs the unified cgroup v2 hierarchy.
@@ -1024,13 +1191,12 @@ fn namespaces(
     who: &str,
     privileged: bool,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
-    let userns = security_context(c.config)
-        .and_then(|s| s.namespace_options.as_ref())
-        .and_then(|o| o.userns_options.as_ref());
-    if userns.is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32 && !u.uids.is_empty()) {
-        return Err(invalid(who, "user namespaces are not supported"));
-    }
+    let _ = who;
     let mut out = Vec::new();
+    // The user namespace first: the pod's other namespaces belong to it.
+    if let Some(u) = &pod.userns {
+        out.push(namespace(LinuxNamespaceType::User, Some(&u.path)));
+    }
     out.extend(pid_namespace(pod, c.config));
     let shared = [
         (LinuxNamespaceType::Network, &pod.netns),
@@ -1076,10 +1242,22 @@ fn linux(
     };
     let sysctl = (!pod.sysctls.is_empty()).then(|| pod.sysctls.clone());
 
+    let oci_maps = |maps: &[cri::IdMapping]| {
+        maps.iter()
+            .map(|m| {
+                LinuxIdMappingBuilder::default()
+                    .host_id(m.host_id)
+                    .container_id(m.container_id)
+                    .size(m.length)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(who, format!("user namespace mappings: {e}")))
+    };
     let mut linux = Linux::default();
     linux
-        .set_uid_mappings(None)
-        .set_gid_mappings(None)
+        .set_uid_mappings(pod.userns.as_ref().map(|u| oci_maps(&u.uids)).transpose()?)
+        .set_gid_mappings(pod.userns.as_ref().map(|u| oci_maps(&u.gids)).transpose()?)
         .set_sysctl(sysctl)
         .set_resources(Some(resources))
         .set_cgroups_path(Some(PathBuf::from(&c.cgroup_path)))
@@ -1096,7 +1274,552 @@ fn linux(
     Ok(linux)
 }
 
-/// Whether `s` is a cpuset list such as `0-3,5,7-8`.
+// ---------------------------------------------------------------------------------------------
+// Security profiles, sysctls, namespace options
+
+/// A seccomp or AppArmor profile as CRI asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Profile {
+    RuntimeDefault,
+    Unconfined,
+    Localhost(String),
+}
+
+fn profile_of(p: &cri::SecurityProfile, field: &str, who: &str) -> Result<Profile, SpecError> {
+    use cri::security_profile::ProfileType;
+    match ProfileType::try_from(p.profile_type) {
+        Ok(ProfileType::RuntimeDefault) => Ok(Profile::RuntimeDefault),
+        Ok(ProfileType::Unconfined) => Ok(Profile::Unconfined),
+        Ok(ProfileType::Localhost) if p.localhost_ref.is_empty() => Err(invalid(
+            who,
+            format!("{field}: a Localhost profile needs localhost_ref"),
+        )),
+        Ok(ProfileType::Localhost) => Ok(Profile::Localhost(p.localhost_ref.clone())),
+        Err(_) => Err(invalid(
+            who,
+            format!("{field}: unknown profile type {}", p.profile_type),
+        )),
+    }
+}
+
+/// The deprecated string fields: `runtime/default` (or `docker/default`), `unconfined`,
+/// `localhost/<ref>`; empty = not said.
+fn legacy_profile(value: &str, field: &str, who: &str) -> Result<Option<Profile>, SpecError> {
+    match value {
+        "" => Ok(None),
+        "runtime/default" | "docker/default" => Ok(Some(Profile::RuntimeDefault)),
+        "unconfined" => Ok(Some(Profile::Unconfined)),
+        v => match v.strip_prefix("localhost/") {
+            Some(r) if !r.is_empty() => Ok(Some(Profile::Localhost(r.to_string()))),
+            _ => Err(invalid(
+                who,
+                format!("{field} {v:?} is not a known profile"),
+            )),
+        },
+    }
+}
+
+/// The deprecated `apparmor_profile` field, still sent by older kubelets.
+#[allow(deprecated)]
+fn legacy_apparmor(s: &cri::LinuxContainerSecurityContext) -> &str {
+    &s.apparmor_profile
+}
+
+/// The deprecated `seccomp_profile_path` field, still sent by older kubelets.
+#[allow(deprecated)]
+fn legacy_seccomp(s: &cri::LinuxContainerSecurityContext) -> &str {
+    &s.seccomp_profile_path
+}
+
+#[allow(deprecated)]
+fn legacy_sandbox_seccomp(s: &cri::LinuxSandboxSecurityContext) -> &str {
+    &s.seccomp_profile_path
+}
+
+fn requested_profile(
+    profile: Option<&cri::SecurityProfile>,
+    legacy: &str,
+    field: &str,
+    legacy_field: &str,
+    who: &str,
+) -> Result<Option<Profile>, SpecError> {
+    match profile {
+        Some(p) => profile_of(p, field, who).map(Some),
+        None => legacy_profile(legacy, legacy_field, who),
+    }
+}
+
+/// The container's seccomp profile. None for privileged containers and Unconfined; cairn's
+/// RuntimeDefault ([`crate::seccomp::default_profile`] for the container's capabilities)
+/// when asked for, and also when nothing is said (kubelet always says: this is for clients
+/// that do not); a Localhost profile is read, checked and compiled now, so that a missing or
+/// malformed file is an invalid request.
+fn seccomp_profile(
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+    privileged: bool,
+    caps: &Capabilities,
+    who: &str,
+) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, SpecError> {
+    let requested = requested_profile(
+        sc.and_then(|s| s.seccomp.as_ref()),
+        sc.map_or("", legacy_seccomp),
+        "seccomp",
+        "seccomp_profile_path",
+        who,
+    )?;
+    if privileged {
+        return Ok(None);
+    }
+    let profile = match requested.unwrap_or(Profile::RuntimeDefault) {
+        Profile::Unconfined => return Ok(None),
+        Profile::RuntimeDefault => crate::seccomp::default_profile(caps),
+        Profile::Localhost(path) => localhost_seccomp(&path, caps, who)?,
+    };
+    Ok(Some(profile))
+}
+
+fn localhost_seccomp(
+    path: &str,
+    caps: &Capabilities,
+    who: &str,
+) -> Result<oci_spec::runtime::LinuxSeccomp, SpecError> {
+    if !path.starts_with('/') {
+        return Err(invalid(
+            who,
+            format!("seccomp profile {path:?} is not an absolute path"),
+        ));
+    }
+    let profile =
+        crate::seccomp::load_profile(Path::new(path), caps).map_err(|e| invalid(who, e))?;
+    crate::seccomp::compile(&profile)
+        .map_err(|e| invalid(who, format!("seccomp profile {path}: {e}")))?;
+    Ok(profile)
+}
+
+/// Whether the kernel has AppArmor enabled.
+fn apparmor_enabled() -> bool {
+    fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y")
+}
+
+/// AppArmor: cairn loads no AppArmor profile. Unconfined is fine; RuntimeDefault is accepted
+/// and runs without a profile (logged once, as containerd does on a node without AppArmor);
+/// a named profile cannot be honoured and is refused.
+fn check_apparmor(
+    profile: Option<&cri::SecurityProfile>,
+    legacy: &str,
+    who: &str,
+) -> Result<(), SpecError> {
+    let requested = requested_profile(profile, legacy, "apparmor", "apparmor_profile", who)?;
+    match requested {
+        None | Some(Profile::Unconfined) => Ok(()),
+        Some(Profile::RuntimeDefault) => {
+            static LOGGED: std::sync::Once = std::sync::Once::new();
+            LOGGED.call_once(|| {
+                tracing::info!(
+                    "AppArmor is unavailable (not enabled on this node, or not supported by \
+                     cairn): containers asking for the runtime/default AppArmor profile run \
+                     without one"
+                )
+            });
+            Ok(())
+        }
+        Some(Profile::Localhost(name)) => {
+            let why = if apparmor_enabled() {
+                "cairn does not load AppArmor profiles"
+            } else {
+                "AppArmor is not enabled on this node"
+            };
+            Err(invalid(
+                who,
+                format!("AppArmor profile {name:?} cannot be applied: {why}"),
+            ))
+        }
+    }
+}
+
+/// SELinux: the node has no SELinux, so labels cannot be applied; asking for one is refused.
+fn check_selinux(opt: Option<&cri::SeLinuxOption>, who: &str) -> Result<(), SpecError> {
+    let Some(o) = opt else {
+        return Ok(());
+    };
+    if o.user.is_empty() && o.role.is_empty() && o.r#type.is_empty() && o.level.is_empty() {
+        return Ok(());
+    }
+    let why = if Path::new("/sys/fs/selinux/enforce").exists() {
+        "cairn does not apply SELinux labels"
+    } else {
+        "SELinux is not enabled on this node"
+    };
+    Err(invalid(
+        who,
+        format!(
+            "SELinux options (user {:?}, role {:?}, type {:?}, level {:?}) cannot be applied: {why}",
+            o.user, o.role, o.r#type, o.level
+        ),
+    ))
+}
+
+/// The namespace a sysctl belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SysctlNamespace {
+    Network,
+    Ipc,
+}
+
+/// Which namespace a sysctl (dotted `net.ipv4.ip_forward` or slashed
+/// `net/ipv4/ip_forward`) lives in; None: not namespaced, it would change the host.
+fn sysctl_namespace(name: &str) -> Option<SysctlNamespace> {
+    let dotted = name.replace('/', ".");
+    if dotted.starts_with("net.") {
+        return Some(SysctlNamespace::Network);
+    }
+    let ipc = dotted.starts_with("kernel.shm")
+        || dotted.starts_with("kernel.msg")
+        || dotted == "kernel.sem"
+        || dotted == "kernel.sem_next_id"
+        || dotted.starts_with("fs.mqueue.");
+    ipc.then_some(SysctlNamespace::Ipc)
+}
+
+/// Pod sysctls: only namespaced ones (`net.*`, `kernel.shm*`, `kernel.msg*`, `kernel.sem`,
+/// `fs.mqueue.*`), and only for a namespace the pod owns (no `net.*` with the host's
+/// network, no IPC ones with the host's IPC). Errors name the sysctl.
+pub fn validate_sysctls(
+    sysctls: &HashMap<String, String>,
+    host_network: bool,
+    host_ipc: bool,
+    who: &str,
+) -> Result<(), SpecError> {
+    let mut names: Vec<&String> = sysctls.keys().collect();
+    names.sort();
+    for name in names {
+        let value = &sysctls[name];
+        let bad_name = name.is_empty()
+            || name.starts_with(['.', '/'])
+            || name.split(['.', '/']).any(|p| p.is_empty() || p == "..");
+        if bad_name {
+            return Err(invalid(who, format!("sysctl {name:?} is not a valid name")));
+        }
+        if value.contains(['\n', '\0']) {
+            return Err(invalid(
+                who,
+                format!("sysctl {name}: value {value:?} has a newline or NUL"),
+            ));
+        }
+        match sysctl_namespace(name) {
+            None => {
+                return Err(invalid(
+                    who,
+                    format!(
+                        "sysctl {name} is not namespaced: setting it would change the host \
+                         (allowed: net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)"
+                    ),
+                ))
+            }
+            Some(SysctlNamespace::Network) if host_network => {
+                return Err(invalid(
+                    who,
+                    format!(
+                        "sysctl {name} needs the pod's own network namespace (hostNetwork is set)"
+                    ),
+                ))
+            }
+            Some(SysctlNamespace::Ipc) if host_ipc => {
+                return Err(invalid(
+                    who,
+                    format!("sysctl {name} needs the pod's own IPC namespace (hostIPC is set)"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn mode_of(value: i32, field: &str, who: &str) -> Result<cri::NamespaceMode, SpecError> {
+    cri::NamespaceMode::try_from(value).map_err(|_| {
+        invalid(
+            who,
+            format!("namespace_options.{field}: unknown mode {value}"),
+        )
+    })
+}
+
+/// Most entries a uid_map or gid_map may have (the kernel's limit).
+const MAX_ID_MAPPINGS: usize = 340;
+
+/// A pod's user namespace request: mode NODE (the host's, as without one) or POD with
+/// valid mappings; CONTAINER and TARGET are not modes kubelet uses for user namespaces.
+fn check_userns(o: &cri::NamespaceOption, who: &str) -> Result<(), SpecError> {
+    let Some(u) = &o.userns_options else {
+        return Ok(());
+    };
+    match mode_of(u.mode, "userns_options.mode", who)? {
+        cri::NamespaceMode::Node => Ok(()),
+        cri::NamespaceMode::Pod => {
+            check_id_mappings(&u.uids, "uids", who)?;
+            check_id_mappings(&u.gids, "gids", who)
+        }
+        m => Err(invalid(
+            who,
+            format!(
+                "namespace_options.userns_options.mode {} is not supported (NODE or POD)",
+                m.as_str_name()
+            ),
+        )),
+    }
+}
+
+/// One list of id mappings: not empty, at most [`MAX_ID_MAPPINGS`], every length above 0
+/// and within the 32-bit id space, no two overlapping on the container side nor on the
+/// host side, and container id 0 (the container's root) mapped.
+pub fn check_id_mappings(maps: &[cri::IdMapping], field: &str, who: &str) -> Result<(), SpecError> {
+    let what = format!("namespace_options.userns_options.{field}");
+    if maps.is_empty() {
+        return Err(invalid(
+            who,
+            format!("{what} is empty: mode POD needs mappings"),
+        ));
+    }
+    if maps.len() > MAX_ID_MAPPINGS {
+        return Err(invalid(
+            who,
+            format!(
+                "{what} has {} entries, at most {MAX_ID_MAPPINGS}",
+                maps.len()
+            ),
+        ));
+    }
+    let limit = u64::from(u32::MAX);
+    for m in maps {
+        let shown = format!(
+            "{what} entry (container {}, host {}, length {})",
+            m.container_id, m.host_id, m.length
+        );
+        if m.length == 0 {
+            return Err(invalid(who, format!("{shown}: length must be above 0")));
+        }
+        if end(m.container_id, m.length) > limit || end(m.host_id, m.length) > limit {
+            return Err(invalid(who, format!("{shown}: runs past the largest id")));
+        }
+    }
+    for (i, a) in maps.iter().enumerate() {
+        for b in &maps[i + 1..] {
+            let overlap =
+                |x: u32, y: u32| u64::from(x) < end(y, b.length) && u64::from(y) < end(x, a.length);
+            let side = if overlap(a.container_id, b.container_id) {
+                "container"
+            } else if overlap(a.host_id, b.host_id) {
+                "host"
+            } else {
+                continue;
+            };
+            return Err(invalid(
+                who,
+                format!(
+                    "{what}: entries at container ids {} and {} overlap on the {side} side",
+                    a.container_id, b.container_id
+                ),
+            ));
+        }
+    }
+    if host_id_of(maps, 0).is_none() {
+        return Err(invalid(
+            who,
+            format!("{what} does not map container id 0 (the container's root)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A container's user namespace request against its pod's: the pod's mode and the very
+/// same mappings (kubelet repeats them on every CreateContainer), or nothing.
+fn check_container_userns(
+    pod: &PodContext,
+    o: &cri::NamespaceOption,
+    who: &str,
+) -> Result<(), SpecError> {
+    let Some(u) = &o.userns_options else {
+        return Ok(());
+    };
+    check_userns(o, who)?;
+    let asks_pod = u.mode == cri::NamespaceMode::Pod as i32;
+    match &pod.userns {
+        None if asks_pod => Err(invalid(
+            who,
+            "namespace_options.userns_options mode POD, but the pod was made without one \
+             (user namespaces are made per pod, by RunPodSandbox)",
+        )),
+        None => Ok(()),
+        Some(_) if !asks_pod => Err(invalid(
+            who,
+            "namespace_options.userns_options mode NODE conflicts with the pod, which has its \
+             own user namespace",
+        )),
+        Some(p) if p.uids != u.uids || p.gids != u.gids => Err(invalid(
+            who,
+            "namespace_options.userns_options mappings differ from the pod's",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A pod's namespace options: network and ipc POD or NODE, pid POD, NODE or CONTAINER (the
+/// default per container); TARGET and target_id belong to containers.
+fn check_pod_namespaces(o: &cri::NamespaceOption, who: &str) -> Result<(), SpecError> {
+    use cri::NamespaceMode::{Container, Node, Pod};
+    for (field, value) in [("network", o.network), ("ipc", o.ipc)] {
+        let mode = mode_of(value, field, who)?;
+        if !matches!(mode, Pod | Node) {
+            return Err(invalid(
+                who,
+                format!(
+                    "namespace_options.{field} {} is not allowed for a pod",
+                    mode.as_str_name()
+                ),
+            ));
+        }
+    }
+    let pid = mode_of(o.pid, "pid", who)?;
+    if !matches!(pid, Pod | Node | Container) {
+        return Err(invalid(
+            who,
+            format!(
+                "namespace_options.pid {} is not allowed for a pod",
+                pid.as_str_name()
+            ),
+        ));
+    }
+    if !o.target_id.is_empty() {
+        return Err(invalid(
+            who,
+            "namespace_options.target_id is only for containers (pid TARGET)",
+        ));
+    }
+    check_userns(o, who)?;
+    let userns = o
+        .userns_options
+        .as_ref()
+        .is_some_and(|u| u.mode == Pod as i32);
+    let host = [("network", o.network), ("ipc", o.ipc), ("pid", o.pid)];
+    if let Some((field, _)) = host.iter().find(|(_, v)| userns && *v == Node as i32) {
+        return Err(invalid(
+            who,
+            format!(
+                "namespace_options.{field} NODE cannot be combined with a user namespace \
+                 (userns_options mode POD)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A container's namespace options against its pod's: network and ipc are the pod's (a
+/// container cannot have the host's in a pod that has its own); pid TARGET needs a
+/// target_id and target_id needs TARGET.
+fn check_container_namespaces(
+    pod: &PodContext,
+    opts: Option<&cri::NamespaceOption>,
+    who: &str,
+) -> Result<(), SpecError> {
+    use cri::NamespaceMode::{Node, Pod, Target};
+    let Some(o) = opts else {
+        return Ok(());
+    };
+    let shared = [
+        ("network", o.network, pod.netns.is_some()),
+        ("ipc", o.ipc, pod.ipcns.is_some()),
+    ];
+    for (field, value, pod_owns) in shared {
+        match mode_of(value, field, who)? {
+            Node if pod_owns => {
+                return Err(invalid(
+                    who,
+                    format!(
+                        "namespace_options.{field} NODE conflicts with the pod, which has its own \
+                         {field} namespace"
+                    ),
+                ))
+            }
+            Pod | Node => {}
+            m => {
+                return Err(invalid(
+                    who,
+                    format!(
+                        "namespace_options.{field} {} is not allowed: containers share the pod's",
+                        m.as_str_name()
+                    ),
+                ))
+            }
+        }
+    }
+    let pid = mode_of(o.pid, "pid", who)?;
+    if pid == Target && o.target_id.is_empty() {
+        return Err(invalid(
+            who,
+            "namespace_options.pid TARGET needs a target_id",
+        ));
+    }
+    if pid != Target && !o.target_id.is_empty() {
+        return Err(invalid(
+            who,
+            format!(
+                "namespace_options.target_id {:?} is set but pid is {}, not TARGET",
+                o.target_id,
+                pid.as_str_name()
+            ),
+        ));
+    }
+    if pid == Node && pod.userns.is_some() {
+        return Err(invalid(
+            who,
+            "namespace_options.pid NODE conflicts with the pod's user namespace",
+        ));
+    }
+    check_container_userns(pod, o, who)
+}
+
+/// Checks what RunPodSandbox asks for before anything is made: namespace options, sysctls
+/// (see [`validate_sysctls`]) and the sandbox's seccomp, AppArmor and SELinux requests (a
+/// Localhost seccomp profile must exist and parse).
+pub fn validate_sandbox(config: &cri::PodSandboxConfig) -> Result<(), SpecError> {
+    let who = match &config.metadata {
+        Some(m) => format!("pod sandbox \"{}/{}\"", m.namespace, m.name),
+        None => "pod sandbox".to_string(),
+    };
+    let linux = config.linux.as_ref();
+    let sc = linux.and_then(|l| l.security_context.as_ref());
+    let ns = sc.and_then(|s| s.namespace_options.as_ref());
+    if let Some(o) = ns {
+        check_pod_namespaces(o, &who)?;
+    }
+    let is_node = |v: Option<i32>| v == Some(cri::NamespaceMode::Node as i32);
+    if let Some(l) = linux {
+        validate_sysctls(
+            &l.sysctls,
+            is_node(ns.map(|o| o.network)),
+            is_node(ns.map(|o| o.ipc)),
+            &who,
+        )?;
+    }
+    let Some(s) = sc else {
+        return Ok(());
+    };
+    let seccomp = requested_profile(
+        s.seccomp.as_ref(),
+        legacy_sandbox_seccomp(s),
+        "seccomp",
+        "seccomp_profile_path",
+        &who,
+    )?;
+    if let (Some(Profile::Localhost(path)), false) = (seccomp, s.privileged) {
+        let caps: Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+        localhost_seccomp(&path, &caps, &who)?;
+    }
+    check_apparmor(s.apparmor.as_ref(), "", &who)?;
+    check_selinux(s.selinux_options.as_ref(), &who)
+}
+
 /// The cgroup resources of a running container's new limits (UpdateContainerResources),
 /// validated as at creation.
 pub fn update_resources(
@@ -1116,6 +1839,7 @@ pub fn update_resources(
     Ok(out)
 }
 
+/// Whether `s` is a cpuset list such as `0-3,5,7-8`.
 fn valid_cpuset(s: &str) -> bool {
     let number = |n: &str| {
         !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n.parse::<u32>().is_ok()
@@ -1510,6 +2234,7 @@ mod tests {
                 shm: Some(run.join("shm")),
                 cgroup_parent: "/kubepods/pod1".to_string(),
                 sysctls: HashMap::new(),
+                userns: None,
             };
             Fixture {
                 tmp,
@@ -1978,7 +2703,7 @@ mod tests {
             ..Default::default()
         });
         let got = caps_of(&f).unwrap();
-        assert_eq!(got.len(), ALL_CAPABILITIES.len() - 1);
+        assert_eq!(got.len(), current_capabilities().len() - 1);
         assert!(!got.contains("SYS_ADMIN"));
 
         f.sc().capabilities = Some(cri::Capability {
@@ -2012,9 +2737,14 @@ mod tests {
 
         f.sc().capabilities = None;
         f.sc().privileged = true;
-        assert_eq!(caps_of(&f).unwrap().len(), ALL_CAPABILITIES.len());
+        assert_eq!(caps_of(&f).unwrap().len(), current_capabilities().len());
         let all: HashSet<_> = ALL_CAPABILITIES.iter().collect();
         assert_eq!(all.len(), ALL_CAPABILITIES.len(), "no duplicates");
+        let numbers: HashSet<u32> = ALL_CAPABILITIES.iter().map(capability_number).collect();
+        assert_eq!(numbers, (0..41).collect(), "one number each");
+        // What cairnd holds bounds it (this machine's root may lack some).
+        assert!(current_capabilities().len() <= ALL_CAPABILITIES.len());
+        assert!(current_capabilities().contains(&Capability::SysAdmin));
     }
 
     // --- mounts --------------------------------------------------------------------------------
@@ -2636,7 +3366,7 @@ mod tests {
         assert!(!env.iter().any(|e| e.starts_with("TERM=")), "{env:?}");
         assert_eq!(spec.hostname().as_deref(), Some("web-0"));
         let linux = spec.linux().as_ref().unwrap();
-        assert!(linux.seccomp().is_none() && linux.uid_mappings().is_none());
+        assert!(linux.uid_mappings().is_none());
         assert!(linux.time_offsets().is_none() && linux.memory_policy().is_none());
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(false));
         assert!(spec.hooks().is_none());
@@ -2743,5 +3473,620 @@ mod tests {
         assert_eq!(sig(Some("SIGRTMIN+3")).unwrap(), libc::SIGRTMIN() + 3);
         assert!(sig(Some("SIGNOPE")).is_err());
         assert!(sig(Some("0")).is_err());
+    }
+
+    // --- seccomp, AppArmor, SELinux, sysctls, namespace options --------------------------------
+
+    fn seccomp_of(spec: &Spec) -> Option<oci_spec::runtime::LinuxSeccomp> {
+        spec.linux().as_ref().unwrap().seccomp().clone()
+    }
+
+    fn profile(kind: cri::security_profile::ProfileType, r: &str) -> Option<cri::SecurityProfile> {
+        Some(cri::SecurityProfile {
+            profile_type: kind as i32,
+            localhost_ref: r.to_string(),
+        })
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn seccomp_profiles() {
+        use cri::security_profile::ProfileType::*;
+        let caps = |spec: &Spec| -> Capabilities {
+            let p = spec.process().as_ref().unwrap();
+            p.capabilities()
+                .as_ref()
+                .unwrap()
+                .bounding()
+                .clone()
+                .unwrap()
+        };
+        // Nothing said, and RuntimeDefault: cairn's default for the container's capabilities.
+        let mut f = Fixture::new();
+        let spec = f.build().unwrap();
+        let want = crate::seccomp::default_profile(&caps(&spec));
+        assert_eq!(seccomp_of(&spec), Some(want.clone()));
+        f.sc().seccomp = profile(RuntimeDefault, "");
+        assert_eq!(seccomp_of(&f.build().unwrap()), Some(want));
+        // Capabilities shape it: CAP_SYS_ADMIN allows mount.
+        f.sc().capabilities = Some(cri::Capability {
+            add_capabilities: strs(&["SYS_ADMIN"]),
+            ..Default::default()
+        });
+        let spec = f.build().unwrap();
+        let names: Vec<String> = seccomp_of(&spec)
+            .unwrap()
+            .syscalls()
+            .iter()
+            .flatten()
+            .flat_map(|s| s.names().clone())
+            .collect();
+        assert!(names.contains(&"mount".to_string()));
+        f.sc().capabilities = None;
+        // Unconfined, and privileged whatever it asks: none.
+        f.sc().seccomp = profile(Unconfined, "");
+        assert_eq!(seccomp_of(&f.build().unwrap()), None);
+        f.sc().seccomp = profile(RuntimeDefault, "");
+        f.sc().privileged = true;
+        assert_eq!(seccomp_of(&f.build().unwrap()), None);
+        f.sc().privileged = false;
+        // Localhost: the file, read now.
+        let file = f.path("profile.json");
+        fs::write(
+            &file,
+            r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        f.sc().seccomp = profile(Localhost, &path);
+        let got = seccomp_of(&f.build().unwrap()).unwrap();
+        assert_eq!(
+            got.default_action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActAllow
+        );
+        // The deprecated string field.
+        f.sc().seccomp = None;
+        f.sc().seccomp_profile_path = format!("localhost/{path}");
+        assert_eq!(seccomp_of(&f.build().unwrap()), Some(got));
+        f.sc().seccomp_profile_path = "unconfined".into();
+        assert_eq!(seccomp_of(&f.build().unwrap()), None);
+        f.sc().seccomp_profile_path = "runtime/default".into();
+        assert!(seccomp_of(&f.build().unwrap()).is_some());
+
+        // Bad requests: missing, malformed, relative, unsupported, unknown.
+        fs::write(f.path("bad.json"), "{\"defaultAction\": ").unwrap();
+        let bad = f.path("bad.json").display().to_string();
+        let missing = f.path("missing.json").display().to_string();
+        let cases: [(Option<cri::SecurityProfile>, &str, &str); 6] = [
+            (profile(Localhost, &missing), "", "missing.json"),
+            (profile(Localhost, &bad), "", "malformed"),
+            (profile(Localhost, "rel.json"), "", "not an absolute path"),
+            (profile(Localhost, ""), "", "localhost_ref"),
+            (None, "localhost/", "seccomp_profile_path"),
+            (None, "docker/strict", "docker/strict"),
+        ];
+        for (p, legacy, want) in cases {
+            f.sc().seccomp = p;
+            f.sc().seccomp_profile_path = legacy.into();
+            let err = f.build().unwrap_err();
+            assert!(matches!(err, SpecError::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains(want), "{want}: {err}");
+            assert!(err.to_string().contains("(c1)"), "{err}");
+        }
+        f.sc().seccomp_profile_path.clear();
+        fs::write(
+            f.path("notify.json"),
+            r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#,
+        )
+        .unwrap();
+        f.sc().seccomp = profile(Localhost, &f.path("notify.json").display().to_string());
+        assert!(err_msg(f.build()).contains("SCMP_ACT_NOTIFY"));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn apparmor_and_selinux() {
+        use cri::security_profile::ProfileType::*;
+        let mut f = Fixture::new();
+        f.sc().apparmor = profile(RuntimeDefault, "");
+        assert!(f
+            .build()
+            .unwrap()
+            .process()
+            .as_ref()
+            .unwrap()
+            .apparmor_profile()
+            .is_none());
+        f.sc().apparmor = profile(Unconfined, "");
+        f.build().unwrap();
+        f.sc().apparmor = profile(Localhost, "my-profile");
+        let msg = err_msg(f.build());
+        assert!(msg.contains("AppArmor profile \"my-profile\""), "{msg}");
+        f.sc().apparmor = None;
+        f.sc().apparmor_profile = "localhost/other".into();
+        assert!(err_msg(f.build()).contains("\"other\""));
+        f.sc().apparmor_profile = "runtime/default".into();
+        f.build().unwrap();
+        f.sc().apparmor_profile.clear();
+
+        f.sc().selinux_options = Some(cri::SeLinuxOption::default());
+        f.build().unwrap();
+        f.sc().selinux_options = Some(cri::SeLinuxOption {
+            r#type: "spc_t".into(),
+            ..Default::default()
+        });
+        let err = f.build().unwrap_err();
+        assert!(matches!(err, SpecError::InvalidArgument(_)));
+        assert!(err.to_string().contains("SELinux") && err.to_string().contains("spc_t"));
+    }
+
+    fn sysctls(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sysctl_validation() {
+        let ok = sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net/ipv4/conf/all/rp_filter", "0"),
+            ("kernel.shm_rmid_forced", "1"),
+            ("kernel.shmmax", "1000000"),
+            ("kernel.msgmax", "8192"),
+            ("kernel.sem", "250 32000 100 128"),
+            ("fs.mqueue.msg_max", "10"),
+        ]);
+        validate_sysctls(&ok, false, false, "pod").unwrap();
+        let cases = [
+            ("kernel.hostname", false, false, "not namespaced"),
+            ("vm.swappiness", false, false, "not namespaced"),
+            ("kernel.panic", false, false, "not namespaced"),
+            ("fs.file-max", false, false, "not namespaced"),
+            ("kernel.semaphore", false, false, "not namespaced"),
+            ("net.core.somaxconn", true, false, "hostNetwork"),
+            ("kernel.shmall", false, true, "hostIPC"),
+            ("fs.mqueue.queues_max", false, true, "hostIPC"),
+            ("net..x", false, false, "not a valid name"),
+            ("net/../../kernel/x", false, false, "not a valid name"),
+        ];
+        for (name, host_net, host_ipc, want) in cases {
+            let err = validate_sysctls(&sysctls(&[(name, "1")]), host_net, host_ipc, "pod x")
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, SpecError::InvalidArgument(_)), "{msg}");
+            assert!(msg.contains(name) && msg.contains(want), "{name}: {msg}");
+        }
+        let err = validate_sysctls(&sysctls(&[("net.x", "1\n2")]), false, false, "p");
+        assert!(err.unwrap_err().to_string().contains("newline"));
+
+        // At CreateContainer too, against the pod's namespaces.
+        let mut f = Fixture::new();
+        f.pod.sysctls = sysctls(&[("net.ipv4.ip_forward", "1")]);
+        f.build().unwrap();
+        f.pod.netns = None;
+        assert!(err_msg(f.build()).contains("net.ipv4.ip_forward"));
+        f.pod.sysctls = sysctls(&[("kernel.domainname", "x")]);
+        assert!(err_msg(f.build()).contains("not namespaced"));
+    }
+
+    fn pod_config(
+        ns: Option<cri::NamespaceOption>,
+        sysctls: HashMap<String, String>,
+    ) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "prod".into(),
+                ..Default::default()
+            }),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                sysctls,
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: ns,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sandbox_validation() {
+        use cri::NamespaceMode::*;
+        let ns = |network: cri::NamespaceMode, pid: cri::NamespaceMode, ipc: cri::NamespaceMode| {
+            Some(cri::NamespaceOption {
+                network: network as i32,
+                pid: pid as i32,
+                ipc: ipc as i32,
+                ..Default::default()
+            })
+        };
+        validate_sandbox(&cri::PodSandboxConfig::default()).unwrap();
+        validate_sandbox(&pod_config(ns(Node, Node, Node), HashMap::new())).unwrap();
+        validate_sandbox(&pod_config(ns(Pod, Container, Pod), HashMap::new())).unwrap();
+        let bad = [
+            (ns(Container, Pod, Pod), "network CONTAINER"),
+            (ns(Pod, Target, Pod), "pid TARGET"),
+            (ns(Pod, Pod, Target), "ipc TARGET"),
+            (
+                Some(cri::NamespaceOption {
+                    pid: 7,
+                    ..Default::default()
+                }),
+                "unknown mode 7",
+            ),
+            (
+                Some(cri::NamespaceOption {
+                    target_id: "abc".into(),
+                    ..Default::default()
+                }),
+                "target_id",
+            ),
+            (
+                Some(cri::NamespaceOption {
+                    userns_options: Some(userns(vec![idmap(100000, 0, 65536)], vec![])),
+                    ..Default::default()
+                }),
+                "gids is empty",
+            ),
+            (
+                Some(cri::NamespaceOption {
+                    network: Node as i32,
+                    userns_options: Some(standard_userns()),
+                    ..Default::default()
+                }),
+                "network NODE cannot be combined with a user namespace",
+            ),
+            (
+                Some(cri::NamespaceOption {
+                    pid: Node as i32,
+                    userns_options: Some(standard_userns()),
+                    ..Default::default()
+                }),
+                "pid NODE cannot be combined",
+            ),
+            (
+                Some(cri::NamespaceOption {
+                    userns_options: Some(cri::UserNamespace {
+                        mode: Container as i32,
+                        ..standard_userns()
+                    }),
+                    ..Default::default()
+                }),
+                "mode CONTAINER is not supported",
+            ),
+        ];
+        for (opts, want) in bad {
+            let msg = err_msg(validate_sandbox(&pod_config(opts, HashMap::new())));
+            assert!(
+                msg.contains(want) && msg.contains("prod/web"),
+                "{want}: {msg}"
+            );
+        }
+        // Sysctls against the pod's namespace options.
+        let net = sysctls(&[("net.ipv4.ip_forward", "1")]);
+        validate_sandbox(&pod_config(None, net.clone())).unwrap();
+        let msg = err_msg(validate_sandbox(&pod_config(ns(Node, Pod, Pod), net)));
+        assert!(msg.contains("net.ipv4.ip_forward"), "{msg}");
+        let msg = err_msg(validate_sandbox(&pod_config(
+            None,
+            sysctls(&[("kernel.msgmax", "1"), ("kernel.core_pattern", "x")]),
+        )));
+        assert!(msg.contains("kernel.core_pattern"), "{msg}");
+        // The sandbox's own seccomp, AppArmor and SELinux requests.
+        let mut config = pod_config(None, HashMap::new());
+        let sc = config
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap();
+        sc.seccomp = profile(
+            cri::security_profile::ProfileType::Localhost,
+            "/cairn/no/such/profile.json",
+        );
+        assert!(err_msg(validate_sandbox(&config)).contains("/cairn/no/such/profile.json"));
+        let sc = config
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap();
+        sc.seccomp = None;
+        sc.apparmor = profile(cri::security_profile::ProfileType::Localhost, "x");
+        assert!(err_msg(validate_sandbox(&config)).contains("AppArmor"));
+    }
+
+    #[test]
+    fn container_namespace_options() {
+        use cri::NamespaceMode::*;
+        let mut f = Fixture::new();
+        let set = |f: &mut Fixture, o: cri::NamespaceOption| {
+            f.sc().namespace_options = Some(o);
+        };
+        // The pod's own network/ipc, or NODE with a host-network pod.
+        set(&mut f, cri::NamespaceOption::default());
+        f.build().unwrap();
+        let conflicts = [
+            (
+                cri::NamespaceOption {
+                    network: Node as i32,
+                    ..Default::default()
+                },
+                "network NODE conflicts",
+            ),
+            (
+                cri::NamespaceOption {
+                    ipc: Node as i32,
+                    ..Default::default()
+                },
+                "ipc NODE conflicts",
+            ),
+            (
+                cri::NamespaceOption {
+                    network: Container as i32,
+                    ..Default::default()
+                },
+                "network CONTAINER",
+            ),
+            (
+                cri::NamespaceOption {
+                    pid: Target as i32,
+                    ..Default::default()
+                },
+                "TARGET needs a target_id",
+            ),
+            (
+                cri::NamespaceOption {
+                    pid: Container as i32,
+                    target_id: "other".into(),
+                    ..Default::default()
+                },
+                "not TARGET",
+            ),
+            (
+                cri::NamespaceOption {
+                    userns_options: Some(standard_userns()),
+                    ..Default::default()
+                },
+                "user namespaces are made per pod",
+            ),
+        ];
+        for (o, want) in conflicts {
+            set(&mut f, o);
+            let err = f.build().unwrap_err();
+            assert!(matches!(err, SpecError::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains(want), "{want}: {err}");
+        }
+        f.pod.netns = None;
+        set(
+            &mut f,
+            cri::NamespaceOption {
+                network: Node as i32,
+                ..Default::default()
+            },
+        );
+        f.build().unwrap();
+
+        // TARGET: a placeholder the runtime points at the target's namespace.
+        set(
+            &mut f,
+            cri::NamespaceOption {
+                pid: Target as i32,
+                target_id: "c0".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(pid_target(&f.config), Some("c0"));
+        let mut spec = f.build().unwrap();
+        set_pid_namespace(&mut spec, PathBuf::from("/proc/42/ns/pid"));
+        let table = ns_table(&spec);
+        assert_eq!(
+            table[0],
+            ("pid".to_string(), Some(PathBuf::from("/proc/42/ns/pid")))
+        );
+        assert_eq!(table.iter().filter(|(t, _)| t == "pid").count(), 1);
+        set(&mut f, cri::NamespaceOption::default());
+        assert_eq!(pid_target(&f.config), None);
+    }
+
+    fn idmap(host_id: u32, container_id: u32, length: u32) -> cri::IdMapping {
+        cri::IdMapping {
+            host_id,
+            container_id,
+            length,
+        }
+    }
+
+    fn userns(uids: Vec<cri::IdMapping>, gids: Vec<cri::IdMapping>) -> cri::UserNamespace {
+        cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids,
+            gids,
+        }
+    }
+
+    /// kubelet's usual request: container ids 0..65536 on host ids 100000..165536.
+    fn standard_userns() -> cri::UserNamespace {
+        userns(vec![idmap(100000, 0, 65536)], vec![idmap(100000, 0, 65536)])
+    }
+
+    #[test]
+    fn id_mapping_validation() {
+        let check = |maps: Vec<cri::IdMapping>| check_id_mappings(&maps, "uids", "pod");
+        check(vec![idmap(100000, 0, 65536)]).unwrap();
+        // Several ranges, in any order, none overlapping on either side.
+        check(vec![idmap(300000, 1000, 10), idmap(100000, 0, 1000)]).unwrap();
+        check(vec![idmap(0, 0, u32::MAX)]).unwrap();
+        let bad = [
+            (vec![], "is empty"),
+            (vec![idmap(100000, 0, 0)], "length must be above 0"),
+            (vec![idmap(100000, 1, 65535)], "does not map container id 0"),
+            (vec![idmap(u32::MAX - 5, 0, 10)], "runs past the largest id"),
+            (vec![idmap(0, 1, u32::MAX)], "runs past the largest id"),
+            (
+                vec![idmap(100000, 0, 65536), idmap(300000, 65535, 10)],
+                "overlap on the container side",
+            ),
+            (
+                vec![idmap(100000, 0, 1000), idmap(100500, 5000, 10)],
+                "overlap on the host side",
+            ),
+            (
+                vec![idmap(1, 0, 1); MAX_ID_MAPPINGS + 1],
+                "entries, at most",
+            ),
+        ];
+        for (maps, want) in bad {
+            let msg = err_msg(check(maps.clone()));
+            assert!(
+                msg.contains(want) && msg.contains("uids"),
+                "{maps:?}: {msg}"
+            );
+        }
+        assert_eq!(host_id_of(&[idmap(100000, 0, 10)], 9), Some(100009));
+        assert_eq!(host_id_of(&[idmap(100000, 0, 10)], 10), None);
+    }
+
+    #[test]
+    fn sandbox_with_user_namespace() {
+        let ns = |u: cri::UserNamespace| {
+            Some(cri::NamespaceOption {
+                userns_options: Some(u),
+                ..Default::default()
+            })
+        };
+        let config = pod_config(ns(standard_userns()), HashMap::new());
+        validate_sandbox(&config).unwrap();
+        assert_eq!(requested_userns(&config), Some(&standard_userns()));
+        // Mode NODE: the host's user namespace, as without options.
+        let node = cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        };
+        let config = pod_config(ns(node), HashMap::new());
+        validate_sandbox(&config).unwrap();
+        assert_eq!(requested_userns(&config), None);
+        let overlapping = userns(
+            vec![idmap(100000, 0, 65536), idmap(200000, 10, 1)],
+            vec![idmap(100000, 0, 65536)],
+        );
+        let msg = err_msg(validate_sandbox(&pod_config(
+            ns(overlapping),
+            HashMap::new(),
+        )));
+        assert!(msg.contains("overlap") && msg.contains("prod/web"), "{msg}");
+    }
+
+    #[test]
+    fn containers_in_a_pod_user_namespace() {
+        use cri::NamespaceMode::*;
+        let mut f = Fixture::new();
+        let u = standard_userns();
+        f.pod.userns = Some(PodUserns {
+            path: f.path("pod/ns/user"),
+            uids: u.uids.clone(),
+            gids: u.gids.clone(),
+        });
+        // Without options (the pod's), or with the pod's own.
+        let spec = f.build().unwrap();
+        let table = ns_table(&spec);
+        assert_eq!(table[0], ("user".to_string(), Some(f.path("pod/ns/user"))));
+        let linux = spec.linux().as_ref().unwrap();
+        for maps in [linux.uid_mappings(), linux.gid_mappings()] {
+            let maps = maps.as_ref().unwrap();
+            assert_eq!(maps.len(), 1);
+            let m = &maps[0];
+            assert_eq!(
+                (m.container_id(), m.host_id(), m.size()),
+                (0, 100000, 65536)
+            );
+        }
+        f.sc().namespace_options = Some(cri::NamespaceOption {
+            userns_options: Some(u.clone()),
+            ..Default::default()
+        });
+        f.build().unwrap();
+        let cases = [
+            (
+                cri::NamespaceOption {
+                    userns_options: Some(userns(vec![idmap(200000, 0, 65536)], u.gids.clone())),
+                    ..Default::default()
+                },
+                "differ from the pod's",
+            ),
+            (
+                cri::NamespaceOption {
+                    userns_options: Some(cri::UserNamespace {
+                        mode: Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "NODE conflicts with the pod",
+            ),
+            (
+                cri::NamespaceOption {
+                    pid: Node as i32,
+                    userns_options: Some(u.clone()),
+                    ..Default::default()
+                },
+                "pid NODE conflicts with the pod's user namespace",
+            ),
+            (
+                cri::NamespaceOption {
+                    userns_options: Some(userns(
+                        vec![idmap(100000, 0, 65536), idmap(100000, 1, 1)],
+                        u.gids.clone(),
+                    )),
+                    ..Default::default()
+                },
+                "overlap",
+            ),
+        ];
+        for (o, want) in cases {
+            f.sc().namespace_options = Some(o);
+            let err = f.build().unwrap_err();
+            assert!(matches!(err, SpecError::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains(want), "{want}: {err}");
+        }
+        // No user namespace: no mappings in the spec.
+        f.pod.userns = None;
+        f.sc().namespace_options = None;
+        let spec = f.build().unwrap();
+        assert!(spec.linux().as_ref().unwrap().uid_mappings().is_none());
+        assert!(ns_table(&spec).iter().all(|(t, _)| t != "user"));
+    }
+
+    #[test]
+    fn recursive_read_only_needs_private_propagation() {
+        let mut f = Fixture::new();
+        let src = f.path("host/ro");
+        let mut m = cri_mount("/ro", &src, true, cri::MountPropagation::PropagationPrivate);
+        m.recursive_read_only = true;
+        f.config.mounts = vec![m.clone()];
+        let spec = f.build().unwrap();
+        let mount = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/ro"))
+            .unwrap()
+            .clone();
+        assert!(mount
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"rro".to_string()));
+        m.propagation = cri::MountPropagation::PropagationHostToContainer as i32;
+        f.config.mounts = vec![m];
+        assert!(err_msg(f.build()).contains("private propagation"));
     }
 }

@@ -16,7 +16,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::plan::{
     CgroupJoin, ContainerPlan, DevicePlan, ExecPlan, MountKind, MountPlan, NsJoin, ProcessPlan,
-    BIND_REMOUNT_FLAGS,
+    UsernsPlan, BIND_REMOUNT_FLAGS,
 };
 use super::sys::{self, cvt, FdPath};
 
@@ -115,8 +115,8 @@ pub(super) fn run_middle(middle: Middle<'_, '_>, io: &ChildIo<'_>) -> ! {
     }
 }
 
-/// oom_score_adj, cgroups, then the namespaces to join.
-fn enter(oom: &Option<String>, cgroups: &[CgroupJoin], join: &[NsJoin]) -> Result<(), Fail> {
+/// oom_score_adj and cgroups, while still in the host's user namespace.
+fn enter_host(oom: &Option<String>, cgroups: &[CgroupJoin]) -> Result<(), Fail> {
     if let Some(v) = oom {
         sys::write_file(c"/proc/self/oom_score_adj", v.as_bytes())
             .ctx(|| format!("setting oom_score_adj to {v}"))?;
@@ -128,6 +128,24 @@ fn enter(oom: &Option<String>, cgroups: &[CgroupJoin], join: &[NsJoin]) -> Resul
             format!("joining the cgroup {}", dir.display())
         })?;
     }
+    Ok(())
+}
+
+/// Joins a (pod's) user namespace and becomes its root: the container's setup then
+/// creates files as that root, and the later switch to the spec's user happens inside.
+fn join_userns(ns: &NsJoin) -> Result<(), Fail> {
+    // SAFETY: setns on a namespace file descriptor we hold; this process is single-threaded.
+    cvt(unsafe { libc::setns(ns.fd.as_raw_fd(), ns.nstype) })
+        .ctx(|| format!("joining {}", ns.what))?;
+    // SAFETY: plain id changes; 0 is mapped (checked when the spec was built).
+    cvt(unsafe { libc::setresgid(0, 0, 0) }).ctx(|| format!("becoming gid 0 in {}", ns.what))?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::setresuid(0, 0, 0) }).ctx(|| format!("becoming uid 0 in {}", ns.what))?;
+    Ok(())
+}
+
+/// Joins the namespaces that have a path (the user namespace is joined before).
+fn join_namespaces(join: &[NsJoin]) -> Result<(), Fail> {
     for ns in join {
         // SAFETY: setns on a namespace file descriptor we hold.
         cvt(unsafe { libc::setns(ns.fd.as_raw_fd(), ns.nstype) })
@@ -149,21 +167,96 @@ fn fork_grandchild() -> Result<pid_t, Fail> {
     Ok(pid)
 }
 
+/// What the middle child of a container in a user namespace prepares while still in the
+/// host's user namespace, for the container process to attach in its own mount namespace
+/// (made inside the user namespace, where the host's paths may not be reachable).
+struct Premounted {
+    /// A detached copy of the mounted rootfs.
+    rootfs: OwnedFd,
+    /// For each of `plan.mounts`: a detached copy of its source, for bind mounts.
+    binds: Vec<Option<OwnedFd>>,
+}
+
+/// Mounts the rootfs of a container in a user namespace, in a mount namespace of the
+/// middle child's own: each lower layer (or a plain rootfs dir) becomes an idmapped mount
+/// of itself, then the overlay goes on top. Takes detached copies of it and of the bind
+/// mount sources, and moves the cwd onto the rootfs (where it is attached later).
+fn premount(plan: &ContainerPlan<'_>, userns: &UsernsPlan) -> Result<Premounted, Fail> {
+    let rootfs = &plan.rootfs;
+    // SAFETY: unshare with a CLONE_NEW* flag only.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })
+        .ctx(|| "creating the mount namespace that prepares the rootfs".into())?;
+    sys::mount(None, c"/", None, libc::MS_REC | rootfs.propagation, None)
+        .ctx(|| "setting the propagation of the rootfs mount namespace".into())?;
+    for (path, shown) in &userns.idmap {
+        sys::idmap_in_place(path, userns.join.fd.as_raw_fd()).map_err(|e| {
+            Fail(format!(
+                "idmapping {} for the pod's user namespace: {e}; this kernel or filesystem \
+                 does not allow idmapped mounts there, and cairn does not chown image layers, \
+                 so pods with a user namespace cannot run on this host",
+                shown.display()
+            ))
+        })?;
+    }
+    if let Some(overlay) = rootfs.overlay {
+        cairn_snapshotter::snapshot::mount_overlay(overlay, &rootfs.display, false).map_err(
+            |e| {
+                Fail(format!(
+                    "mounting the container rootfs over idmapped layers: {e}"
+                ))
+            },
+        )?;
+    }
+    let tree = sys::open_tree(&rootfs.path, true)
+        .ctx(|| format!("copying the rootfs mount {}", rootfs.display.display()))?;
+    // SAFETY: chdir to a NUL-terminated path.
+    cvt(unsafe { libc::chdir(rootfs.path.as_ptr()) })
+        .ctx(|| format!("entering the rootfs {}", rootfs.display.display()))?;
+    let mut binds = Vec::with_capacity(plan.mounts.len());
+    for m in &plan.mounts {
+        binds.push(match &m.kind {
+            MountKind::Bind { source, recursive } => Some(
+                sys::open_tree(source, *recursive)
+                    .ctx(|| format!("copying the source of the {}", m.describe))?,
+            ),
+            MountKind::Fs { .. } => None,
+        });
+    }
+    Ok(Premounted {
+        rootfs: tree,
+        binds,
+    })
+}
+
 fn middle_create(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> Result<pid_t, Fail> {
-    enter(&plan.oom_score_adj, &plan.cgroups, &plan.join)?;
+    enter_host(&plan.oom_score_adj, &plan.cgroups)?;
+    let premounted = match &plan.userns {
+        Some(userns) => {
+            let p = premount(plan, userns)?;
+            join_userns(&userns.join)?;
+            Some(p)
+        }
+        None => None,
+    };
+    join_namespaces(&plan.join)?;
     // SAFETY: unshare with CLONE_NEW* flags only.
     cvt(unsafe { libc::unshare(plan.unshare) })
         .ctx(|| "creating the container's namespaces".into())?;
     let pid = fork_grandchild()?;
     if pid == 0 {
-        let exe = setup_container(plan, io).and_then(|()| prepare_process(&plan.process, io));
+        let exe = setup_container(plan, premounted.as_ref(), io)
+            .and_then(|()| prepare_process(&plan.process, io));
         finish(&plan.process, exe, io)
     }
     Ok(pid)
 }
 
 fn middle_exec(plan: &ExecPlan, io: &ChildIo<'_>) -> Result<pid_t, Fail> {
-    enter(&plan.oom_score_adj, &plan.cgroups, &plan.join)?;
+    enter_host(&plan.oom_score_adj, &plan.cgroups)?;
+    if let Some(userns) = &plan.userns {
+        join_userns(userns)?;
+    }
+    join_namespaces(&plan.join)?;
     let pid = fork_grandchild()?;
     if pid == 0 {
         let exe = prepare_process(&plan.process, io);
@@ -190,9 +283,11 @@ fn finish(p: &ProcessPlan, exe: Result<Exe<'_>, Fail>, io: &ChildIo<'_>) -> ! {
         // The shim dropped the container without starting it.
         sys::exit(1)
     }
-    // TODO(issue 6): load the seccomp filter from spec.linux.seccomp here (as late as
-    // possible, so that the setup above needs no syscalls allowed; before the user switch
-    // when no_new_privs is off) and apply the AppArmor profile.
+    // The seccomp filter goes in last, so that no setup step depends on what it allows.
+    if let Err(Fail(msg)) = confine(p) {
+        send(io.report, TAG_EXEC, msg.as_bytes());
+        sys::exit(1)
+    }
     let path = match exe {
         Ok(path) => path,
         Err(msg) => {
@@ -212,14 +307,23 @@ fn finish(p: &ProcessPlan, exe: Result<Exe<'_>, Fail>, io: &ChildIo<'_>) -> ! {
     })
 }
 
-/// Mount namespace, root filesystem, /dev, pivot_root, masked and readonly paths, sysctls,
-/// hostname.
-fn setup_container(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> Result<(), Fail> {
-    // SAFETY: umask cannot fail. Device nodes and mount points get exactly their modes.
-    unsafe { libc::umask(0) };
+/// The container's root: the overlay (or a bind of the plain rootfs dir) mounted at the
+/// rootfs path, or in a user namespace the premounted copy attached onto the cwd (the
+/// rootfs path, reached without walking host dirs the namespace's root may not search).
+/// Returns the rootfs opened.
+fn mount_rootfs(
+    plan: &ContainerPlan<'_>,
+    premounted: Option<&Premounted>,
+) -> Result<OwnedFd, Fail> {
     let rootfs = &plan.rootfs;
-    sys::mount(None, c"/", None, libc::MS_REC | rootfs.propagation, None)
-        .ctx(|| "setting the propagation of the container's mount tree".into())?;
+    if let Some(p) = premounted {
+        sys::attach(p.rootfs.as_raw_fd(), libc::AT_FDCWD, c".")
+            .ctx(|| format!("attaching the rootfs at {}", rootfs.display.display()))?;
+        return p
+            .rootfs
+            .try_clone()
+            .ctx(|| "duplicating the rootfs descriptor".into());
+    }
     match rootfs.overlay {
         Some(overlay) => {
             cairn_snapshotter::snapshot::mount_overlay(overlay, &rootfs.display, false)
@@ -234,10 +338,28 @@ fn setup_container(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> Result<(), Fai
         )
         .ctx(|| format!("bind-mounting the rootfs {}", rootfs.display.display()))?,
     }
-    let root = sys::open(&rootfs.path, libc::O_PATH | libc::O_DIRECTORY)
-        .ctx(|| format!("opening the rootfs {}", rootfs.display.display()))?;
-    for m in &plan.mounts {
-        mount_one(&root, m)?;
+    sys::open(&rootfs.path, libc::O_PATH | libc::O_DIRECTORY)
+        .ctx(|| format!("opening the rootfs {}", rootfs.display.display()))
+}
+
+/// Mount namespace, root filesystem, /dev, pivot_root, masked and readonly paths, sysctls,
+/// hostname.
+fn setup_container(
+    plan: &ContainerPlan<'_>,
+    premounted: Option<&Premounted>,
+    io: &ChildIo<'_>,
+) -> Result<(), Fail> {
+    // SAFETY: umask cannot fail. Device nodes and mount points get exactly their modes.
+    unsafe { libc::umask(0) };
+    let rootfs = &plan.rootfs;
+    sys::mount(None, c"/", None, libc::MS_REC | rootfs.propagation, None)
+        .ctx(|| "setting the propagation of the container's mount tree".into())?;
+    let root = mount_rootfs(plan, premounted)?;
+    for (i, m) in plan.mounts.iter().enumerate() {
+        let tree = premounted
+            .and_then(|p| p.binds.get(i))
+            .and_then(Option::as_ref);
+        mount_one(&root, m, tree)?;
     }
     make_devices(&root, &plan.devices)?;
     if plan.manage_dev {
@@ -421,13 +543,19 @@ fn remount_readonly(path: &CStr) -> io::Result<()> {
     sys::mount(None, path, None, flags, None)
 }
 
-fn mount_one(root: &OwnedFd, m: &MountPlan) -> Result<(), Fail> {
+/// Mounts `m` below `root`; a bind mount attaches `tree` (a detached copy of its source)
+/// when given.
+fn mount_one(root: &OwnedFd, m: &MountPlan, tree: Option<&OwnedFd>) -> Result<(), Fail> {
     let point = ensure_path(root, &m.dest.full, m.as_file)
         .ctx(|| format!("creating the mount point of the {}", m.describe))?;
     let target = FdPath::new(point.as_raw_fd());
     let mut bind_flags = 0;
-    match &m.kind {
-        MountKind::Bind { source, recursive } => {
+    match (&m.kind, tree) {
+        (MountKind::Bind { .. }, Some(tree)) => {
+            sys::attach(tree.as_raw_fd(), point.as_raw_fd(), c"").ctx(|| m.describe.clone())?;
+            bind_flags = m.flags & BIND_REMOUNT_FLAGS;
+        }
+        (MountKind::Bind { source, recursive }, None) => {
             let rec = if *recursive { libc::MS_REC } else { 0 };
             sys::mount(
                 Some(source),
@@ -439,16 +567,20 @@ fn mount_one(root: &OwnedFd, m: &MountPlan) -> Result<(), Fail> {
             .ctx(|| m.describe.clone())?;
             bind_flags = m.flags & BIND_REMOUNT_FLAGS;
         }
-        MountKind::Fs { fstype, source } => sys::mount(
+        // Read-only is applied to the mount, not at mount time: a superblock shared with
+        // other mounts (sysfs of the pod's network namespace, cgroup2, mqueue) would
+        // otherwise turn read-only for every container of the pod.
+        (MountKind::Fs { fstype, source }, _) => sys::mount(
             Some(source),
             target.as_cstr(),
             Some(fstype),
-            m.flags,
+            m.flags & !libc::MS_RDONLY,
             m.data.as_deref(),
         )
         .ctx(|| m.describe.clone())?,
     }
-    if bind_flags == 0 && !m.recursive_ro && m.propagation.is_empty() {
+    let fs_readonly = matches!(m.kind, MountKind::Fs { .. }) && m.flags & libc::MS_RDONLY != 0;
+    if bind_flags == 0 && !fs_readonly && !m.recursive_ro && m.propagation.is_empty() {
         return Ok(());
     }
     // The mount just made, reached afresh (the old descriptor is the directory below it).
@@ -460,6 +592,9 @@ fn mount_one(root: &OwnedFd, m: &MountPlan) -> Result<(), Fail> {
         kept_flags(top)
             .and_then(|keep| sys::mount(None, top, None, flags | keep, None))
             .ctx(|| format!("applying the options of the {}", m.describe))?;
+    }
+    if fs_readonly {
+        remount_readonly(top).ctx(|| format!("making the {} read-only", m.describe))?;
     }
     if m.recursive_ro {
         match sys::make_tree_readonly(top) {
@@ -653,8 +788,13 @@ fn prepare_process<'p>(p: &'p ProcessPlan, io: &ChildIo<'_>) -> Result<Exe<'p>, 
     Ok(exe)
 }
 
-/// Supplementary groups, gid, uid, keeping the capabilities the spec asks for.
+/// Bit of CAP_SYS_ADMIN in capability masks.
+const CAP_SYS_ADMIN_BIT: u64 = 1 << 21;
+
+/// Supplementary groups, gid, uid, keeping the capabilities the spec asks for (plus
+/// CAP_SYS_ADMIN until the seccomp filter is in, see [`confine`]).
 fn switch_user(p: &ProcessPlan) -> Result<(), Fail> {
+    let hold_admin = p.seccomp_needs_admin();
     if let Some(caps) = &p.caps {
         for cap in 0..=caps.last_cap {
             if caps.bounding & (1u64 << cap) == 0 {
@@ -662,9 +802,9 @@ fn switch_user(p: &ProcessPlan) -> Result<(), Fail> {
                     .ctx(|| format!("dropping capability {cap} from the bounding set"))?;
             }
         }
-        if p.uid != 0 {
-            sys::prctl(libc::PR_SET_KEEPCAPS, 1, 0).ctx(|| "setting keepcaps".into())?;
-        }
+    }
+    if p.uid != 0 && (p.caps.is_some() || hold_admin) {
+        sys::prctl(libc::PR_SET_KEEPCAPS, 1, 0).ctx(|| "setting keepcaps".into())?;
     }
     // SAFETY: groups is valid for its length.
     cvt(unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) })
@@ -675,6 +815,43 @@ fn switch_user(p: &ProcessPlan) -> Result<(), Fail> {
     // SAFETY: as above.
     cvt(unsafe { libc::setresuid(p.uid, p.uid, p.uid) })
         .ctx(|| format!("setting uid {}", p.uid))?;
+    if !hold_admin {
+        return set_final_capabilities(p);
+    }
+    match &p.caps {
+        Some(caps) => sys::capset(
+            caps.effective | CAP_SYS_ADMIN_BIT,
+            caps.permitted | CAP_SYS_ADMIN_BIT,
+            caps.inheritable,
+        ),
+        // Root without a capability list keeps everything anyway.
+        None if p.uid == 0 => Ok(()),
+        None => sys::capset(CAP_SYS_ADMIN_BIT, CAP_SYS_ADMIN_BIT, 0),
+    }
+    .ctx(|| "keeping CAP_SYS_ADMIN to load the seccomp filter".into())
+}
+
+/// Installs the seccomp filter, then (if CAP_SYS_ADMIN was kept for it) sets the final
+/// capabilities. Runs after start, right before execve: only these calls and execve need
+/// to be allowed by the filter.
+fn confine(p: &ProcessPlan) -> Result<(), Fail> {
+    let Some(program) = &p.seccomp else {
+        return Ok(());
+    };
+    sys::seccomp_filter(program.instructions(), program.flags())
+        .ctx(|| "loading the seccomp filter".into())?;
+    if !p.seccomp_needs_admin() {
+        return Ok(());
+    }
+    match &p.caps {
+        Some(_) => set_final_capabilities(p),
+        None if p.uid == 0 => Ok(()),
+        None => sys::capset(0, 0, 0).ctx(|| "dropping CAP_SYS_ADMIN".into()),
+    }
+}
+
+/// The capability sets of the spec, and its ambient capabilities.
+fn set_final_capabilities(p: &ProcessPlan) -> Result<(), Fail> {
     let Some(caps) = &p.caps else {
         return Ok(());
     };

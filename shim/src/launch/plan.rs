@@ -1,7 +1,9 @@
 //! Turns an OCI runtime spec into a launch plan before anything forks: every string made
 //! a C string, every host file (namespace, cgroup, mount source, rootfs) opened or checked,
-//! every option parsed. The forked children then only read the plan and make system calls,
-//! and most spec mistakes are reported by `create()` itself, naming the offending field.
+//! every option parsed, the seccomp profile compiled to BPF. The forked children then only
+//! read the plan and make system calls, and most spec mistakes are reported by `create()`
+//! itself, naming the offending field. The one host-side action here: the spec's device
+//! rules are written into the container's cgroup v1 `devices` hierarchy.
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
@@ -16,8 +18,8 @@ use std::sync::OnceLock;
 use cairn_snapshotter::snapshot::OverlayMount;
 use libc::{c_int, c_ulong};
 use oci_spec::runtime::{
-    Capabilities, Capability, Linux, LinuxCapabilities, LinuxDeviceType, LinuxNamespace,
-    LinuxNamespaceType, Mount, PosixRlimitType, Process, Spec,
+    Capabilities, Linux, LinuxCapabilities, LinuxDeviceType, LinuxIdMapping, LinuxNamespace,
+    LinuxNamespaceType, LinuxSeccomp, Mount, PosixRlimitType, Process, Spec,
 };
 
 use super::LaunchError;
@@ -33,6 +35,15 @@ pub(super) struct NsJoin {
     pub(super) what: String,
 }
 
+/// The pod's user namespace, joined before every other namespace.
+pub(super) struct UsernsPlan {
+    pub(super) join: NsJoin,
+    /// Directories the middle child replaces by idmapped mounts of themselves (the
+    /// overlay's lower layers, or a plain rootfs dir) before it mounts the rootfs, still
+    /// in the host's user namespace.
+    pub(super) idmap: Vec<(CString, PathBuf)>,
+}
+
 /// A `cgroup.procs` file, opened for writing on the host.
 pub(super) struct CgroupJoin {
     pub(super) fd: OwnedFd,
@@ -42,6 +53,8 @@ pub(super) struct CgroupJoin {
 /// Everything `create()` needs, prepared.
 pub(super) struct ContainerPlan<'a> {
     pub(super) cgroups: Vec<CgroupJoin>,
+    /// Set when the spec's user namespace has a path: joined first, see [`UsernsPlan`].
+    pub(super) userns: Option<UsernsPlan>,
     pub(super) join: Vec<NsJoin>,
     /// CLONE_NEW* flags for the namespaces to create (always includes CLONE_NEWNS).
     pub(super) unshare: c_int,
@@ -65,7 +78,9 @@ impl ContainerPlan<'_> {
     /// Descriptors the children need (all others are closed in them).
     pub(super) fn fds(&self) -> Vec<RawFd> {
         let cg = self.cgroups.iter().map(|c| c.fd.as_raw_fd());
-        cg.chain(self.join.iter().map(|n| n.fd.as_raw_fd()))
+        let user = self.userns.iter().map(|u| u.join.fd.as_raw_fd());
+        cg.chain(user)
+            .chain(self.join.iter().map(|n| n.fd.as_raw_fd()))
             .collect()
     }
 }
@@ -73,6 +88,8 @@ impl ContainerPlan<'_> {
 /// Everything `exec()` needs, prepared.
 pub(super) struct ExecPlan {
     pub(super) cgroups: Vec<CgroupJoin>,
+    /// The target's user namespace when it is not the shim's, joined first.
+    pub(super) userns: Option<NsJoin>,
     /// The target's namespaces, the mount namespace last.
     pub(super) join: Vec<NsJoin>,
     pub(super) oom_score_adj: Option<String>,
@@ -82,7 +99,9 @@ pub(super) struct ExecPlan {
 impl ExecPlan {
     pub(super) fn fds(&self) -> Vec<RawFd> {
         let cg = self.cgroups.iter().map(|c| c.fd.as_raw_fd());
-        cg.chain(self.join.iter().map(|n| n.fd.as_raw_fd()))
+        let user = self.userns.iter().map(|n| n.fd.as_raw_fd());
+        cg.chain(user)
+            .chain(self.join.iter().map(|n| n.fd.as_raw_fd()))
             .collect()
     }
 }
@@ -233,6 +252,17 @@ pub(super) struct ProcessPlan {
     pub(super) caps: Option<CapPlan>,
     pub(super) no_new_privs: bool,
     pub(super) rlimits: Vec<Rlimit>,
+    /// The seccomp filter to install right before execve, compiled here so that the child
+    /// only hands it to the kernel.
+    pub(super) seccomp: Option<crate::seccomp::Program>,
+}
+
+impl ProcessPlan {
+    /// Loading the filter needs CAP_SYS_ADMIN when no_new_privs is off: the process then
+    /// keeps it in its effective set until the filter is in, and drops it right after.
+    pub(super) fn seccomp_needs_admin(&self) -> bool {
+        self.seccomp.is_some() && !self.no_new_privs
+    }
 }
 
 pub(super) struct Rlimit {
@@ -271,7 +301,7 @@ pub(super) fn container<'a>(
         .ok_or_else(|| invalid("the spec has no process"))?;
     let linux = spec.linux().as_ref();
     let namespaces = linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]);
-    let (join, unshare, new_uts) = namespaces_plan(namespaces)?;
+    let (userns, join, unshare, new_uts) = namespaces_plan(namespaces)?;
     let mounts = spec
         .mounts()
         .iter()
@@ -286,14 +316,22 @@ pub(super) fn container<'a>(
         Some(n) if new_uts && !n.is_empty() => cstring(n.as_bytes(), what).map(Some),
         _ => Ok(None),
     };
+    let cgroups = cgroup_plan(cgroup_dirs)?;
+    apply_device_rules(&cgroups, linux)?;
+    let rootfs = rootfs_plan(spec, linux, overlay)?;
+    let userns = match userns {
+        Some(join) => Some(userns_plan(join, linux, &rootfs)?),
+        None => None,
+    };
     Ok(ContainerPlan {
-        cgroups: cgroup_plan(cgroup_dirs)?,
+        cgroups,
+        userns,
         join,
         unshare,
         oom_score_adj: oom_score_adj
             .or_else(|| process.oom_score_adj())
             .map(|v| v.to_string()),
-        rootfs: rootfs_plan(spec, linux, overlay)?,
+        rootfs,
         devices: devices_plan(linux, manage_dev)?,
         mounts,
         manage_dev,
@@ -306,20 +344,41 @@ pub(super) fn container<'a>(
         sysctls: sysctl_plan(linux)?,
         hostname: name_if_new(spec.hostname(), "hostname")?,
         domainname: name_if_new(spec.domainname(), "domainname")?,
-        process: process_plan(process)?,
+        process: process_plan(process, linux.and_then(|l| l.seccomp().as_ref()))?,
     })
 }
 
-/// Prepares `exec()` into the container whose init is `target`.
+/// Prepares `exec()` into the container whose init is `target`, under `seccomp` (the
+/// container's filter) if given.
 pub(super) fn exec(
     target: i32,
     process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
     cgroup_dirs: &[PathBuf],
 ) -> Result<ExecPlan, LaunchError> {
     if target <= 0 {
         return Err(invalid(format!("bad container pid {target}")));
     }
     let proc_dir = PathBuf::from(format!("/proc/{target}"));
+    let user = proc_dir.join("ns/user");
+    let userns = if same_file(&user, Path::new("/proc/self/ns/user")) {
+        None
+    } else {
+        let file = File::open(&user).map_err(|e| {
+            host_io(
+                format!(
+                    "opening {} (is container process {target} running?)",
+                    user.display()
+                ),
+                e,
+            )
+        })?;
+        Some(NsJoin {
+            fd: file.into(),
+            nstype: libc::CLONE_NEWUSER,
+            what: format!("the user namespace of process {target}"),
+        })
+    };
     let kinds = [
         ("ipc", libc::CLONE_NEWIPC),
         ("uts", libc::CLONE_NEWUTS),
@@ -354,9 +413,10 @@ pub(super) fn exec(
         .map(|s| s.trim().to_string());
     Ok(ExecPlan {
         cgroups: cgroup_plan(cgroup_dirs)?,
+        userns,
         join,
         oom_score_adj,
-        process: process_plan(process)?,
+        process: process_plan(process, seccomp)?,
     })
 }
 
@@ -367,9 +427,14 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// What [`namespaces_plan`] found: the user namespace to join, the other namespaces to
+/// join, the CLONE_NEW* flags of those to create, and whether the uts one is new.
+type NamespacesPlan = (Option<NsJoin>, Vec<NsJoin>, c_int, bool);
+
 /// Namespaces to join (those with a path) and the CLONE_NEW* flags of those to create.
-/// Returns whether the uts namespace is a new one.
-fn namespaces_plan(list: &[LinuxNamespace]) -> Result<(Vec<NsJoin>, c_int, bool), LaunchError> {
+/// A user namespace can only be joined (the pod's, made by its shim), not created.
+fn namespaces_plan(list: &[LinuxNamespace]) -> Result<NamespacesPlan, LaunchError> {
+    let mut userns = None;
     let mut join = Vec::new();
     let mut unshare = libc::CLONE_NEWNS;
     let mut new_uts = false;
@@ -386,9 +451,12 @@ fn namespaces_plan(list: &[LinuxNamespace]) -> Result<(Vec<NsJoin>, c_int, bool)
                     "joining an existing mount namespace".into(),
                 ))
             }
-            LinuxNamespaceType::User => {
-                return Err(LaunchError::Unsupported("user namespaces".into()))
+            LinuxNamespaceType::User if ns.path().is_none() => {
+                return Err(LaunchError::Unsupported(
+                    "creating a user namespace (a user namespace needs a path to join)".into(),
+                ))
             }
+            LinuxNamespaceType::User => (libc::CLONE_NEWUSER, "user"),
             LinuxNamespaceType::Time => {
                 return Err(LaunchError::Unsupported("time namespaces".into()))
             }
@@ -404,13 +472,69 @@ fn namespaces_plan(list: &[LinuxNamespace]) -> Result<(Vec<NsJoin>, c_int, bool)
                 e,
             )
         })?;
-        join.push(NsJoin {
+        let ns = NsJoin {
             fd: file.into(),
             nstype,
             what: format!("the {name} namespace {}", path.display()),
-        });
+        };
+        if nstype == libc::CLONE_NEWUSER {
+            if userns.is_some() {
+                return Err(invalid("the spec lists two user namespaces"));
+            }
+            userns = Some(ns);
+        } else {
+            join.push(ns);
+        }
     }
-    Ok((join, unshare, new_uts))
+    Ok((userns, join, unshare, new_uts))
+}
+
+/// The host id that container id 0 maps to in `maps`.
+fn host_root_id(maps: Option<&Vec<LinuxIdMapping>>) -> Option<u32> {
+    maps?
+        .iter()
+        .find(|m| m.container_id() == 0 && m.size() > 0)
+        .map(|m| m.host_id())
+}
+
+/// Prepares a container in a user namespace: which dirs get idmapped (the overlay's lower
+/// layers, shared between containers and owned by the host's ids, are shown through the
+/// namespace's mappings; a plain rootfs dir likewise), and the overlay's upper dir — the
+/// container's own, empty — is handed to the namespace's root, so that the container's
+/// root owns its `/` and what it writes lands in the upper dir under its host ids.
+fn userns_plan(
+    join: NsJoin,
+    linux: Option<&Linux>,
+    rootfs: &RootfsPlan<'_>,
+) -> Result<UsernsPlan, LaunchError> {
+    let uid = host_root_id(linux.and_then(|l| l.uid_mappings().as_ref()));
+    let gid = host_root_id(linux.and_then(|l| l.gid_mappings().as_ref()));
+    let (Some(uid), Some(gid)) = (uid, gid) else {
+        return Err(invalid(
+            "a container in a user namespace needs linux.uidMappings and linux.gidMappings \
+             that map container id 0",
+        ));
+    };
+    let dirs: Vec<&Path> = match rootfs.overlay {
+        Some(o) => o.lowers.iter().map(PathBuf::as_path).collect(),
+        None => vec![rootfs.display.as_path()],
+    };
+    let idmap = dirs
+        .into_iter()
+        .map(|d| Ok((path_cstring(d, "rootfs layer")?, d.to_path_buf())))
+        .collect::<Result<Vec<_>, LaunchError>>()?;
+    if let Some((upper, _)) = rootfs.overlay.and_then(|o| o.upper.as_ref()) {
+        std::os::unix::fs::chown(upper, Some(uid), Some(gid)).map_err(|e| {
+            host_io(
+                format!(
+                    "handing the container's upper dir {} to host uid {uid} gid {gid}",
+                    upper.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(UsernsPlan { join, idmap })
 }
 
 fn cgroup_plan(dirs: &[PathBuf]) -> Result<Vec<CgroupJoin>, LaunchError> {
@@ -430,6 +554,61 @@ fn cgroup_plan(dirs: &[PathBuf]) -> Result<Vec<CgroupJoin>, LaunchError> {
             })
         })
         .collect()
+}
+
+/// Writes the spec's device rules (`linux.resources.devices`) into the container's cgroup v1
+/// `devices` hierarchy, on the host, before the process joins it: with CAP_MKNOD a container
+/// may create any node, and these rules decide which ones it may open. The first rule denies
+/// everything ("a"), the others are written in order.
+///
+/// TODO: cgroup v2 needs a BPF_PROG_TYPE_CGROUP_DEVICE program attached to the cgroup.
+fn apply_device_rules(cgroups: &[CgroupJoin], linux: Option<&Linux>) -> Result<(), LaunchError> {
+    let Some(rules) = linux
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.devices().as_deref())
+        .filter(|r| !r.is_empty())
+    else {
+        return Ok(());
+    };
+    let Some(dir) = cgroups
+        .iter()
+        .filter_map(|c| c.path.parent())
+        .find(|d| d.join("devices.allow").exists())
+    else {
+        return Ok(());
+    };
+    for rule in rules {
+        let file = if rule.allow() {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        let Some(line) = device_rule_line(rule) else {
+            continue;
+        };
+        let path = dir.join(file);
+        std::fs::write(&path, &line)
+            .map_err(|e| host_io(format!("writing {line:?} to {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// A device rule as the v1 devices controller reads it: `c 1:3 rwm`, `b *:* m`, `a`; None
+/// for fifos, which the controller does not govern.
+pub(super) fn device_rule_line(rule: &oci_spec::runtime::LinuxDeviceCgroup) -> Option<String> {
+    let typ = match rule.typ().unwrap_or(LinuxDeviceType::A) {
+        LinuxDeviceType::A => return Some("a".to_string()),
+        LinuxDeviceType::B => 'b',
+        LinuxDeviceType::C | LinuxDeviceType::U => 'c',
+        LinuxDeviceType::P => return None,
+    };
+    let number = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
+    let access = rule.access().as_deref().unwrap_or("rwm");
+    Some(format!(
+        "{typ} {}:{} {access}",
+        number(rule.major()),
+        number(rule.minor())
+    ))
 }
 
 fn rootfs_plan<'a>(
@@ -721,8 +900,12 @@ fn sysctl_plan(linux: Option<&Linux>) -> Result<Vec<Sysctl>, LaunchError> {
         .collect()
 }
 
-/// Prepares the process part (args, env, PATH lookup list, user, capabilities, limits).
-pub(super) fn process_plan(p: &Process) -> Result<ProcessPlan, LaunchError> {
+/// Prepares the process part (args, env, PATH lookup list, user, capabilities, limits,
+/// seccomp filter).
+pub(super) fn process_plan(
+    p: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+) -> Result<ProcessPlan, LaunchError> {
     let args = p
         .args()
         .as_deref()
@@ -791,6 +974,10 @@ pub(super) fn process_plan(p: &Process) -> Result<ProcessPlan, LaunchError> {
         caps,
         no_new_privs: p.no_new_privileges().unwrap_or(false),
         rlimits,
+        seccomp: seccomp
+            .map(crate::seccomp::compile)
+            .transpose()
+            .map_err(|e| invalid(format!("linux.seccomp: {e}")))?,
     })
 }
 
@@ -824,10 +1011,9 @@ fn cap_plan(c: &LinuxCapabilities) -> Result<CapPlan, LaunchError> {
         (1u64 << (last_cap + 1)) - 1
     };
     let bits = |set: &Option<Capabilities>| {
-        set.iter()
-            .flatten()
-            .fold(0u64, |acc, cap| acc | (1u64 << cap_number(cap)))
-            & mask
+        set.iter().flatten().fold(0u64, |acc, cap| {
+            acc | (1u64 << crate::spec::capability_number(cap))
+        }) & mask
     };
     Ok(CapPlan {
         bounding: bits(c.bounding()),
@@ -852,50 +1038,4 @@ fn last_cap() -> Result<u32, LaunchError> {
         .parse::<u32>()
         .map_err(|_| invalid(format!("{path} holds {text:?}")))?;
     Ok(*LAST.get_or_init(|| v))
-}
-
-fn cap_number(c: &Capability) -> u32 {
-    match c {
-        Capability::Chown => 0,
-        Capability::DacOverride => 1,
-        Capability::DacReadSearch => 2,
-        Capability::Fowner => 3,
-        Capability::Fsetid => 4,
-        Capability::Kill => 5,
-        Capability::Setgid => 6,
-        Capability::Setuid => 7,
-        Capability::Setpcap => 8,
-        Capability::LinuxImmutable => 9,
-        Capability::NetBindService => 10,
-        Capability::NetBroadcast => 11,
-        Capability::NetAdmin => 12,
-        Capability::NetRaw => 13,
-        Capability::IpcLock => 14,
-        Capability::IpcOwner => 15,
-        Capability::SysModule => 16,
-        Capability::SysRawio => 17,
-        Capability::SysChroot => 18,
-        Capability::SysPtrace => 19,
-        Capability::SysPacct => 20,
-        Capability::SysAdmin => 21,
-        Capability::SysBoot => 22,
-        Capability::SysNice => 23,
-        Capability::SysResource => 24,
-        Capability::SysTime => 25,
-        Capability::SysTtyConfig => 26,
-        Capability::Mknod => 27,
-        Capability::Lease => 28,
-        Capability::AuditWrite => 29,
-        Capability::AuditControl => 30,
-        Capability::Setfcap => 31,
-        Capability::MacOverride => 32,
-        Capability::MacAdmin => 33,
-        Capability::Syslog => 34,
-        Capability::WakeAlarm => 35,
-        Capability::BlockSuspend => 36,
-        Capability::AuditRead => 37,
-        Capability::Perfmon => 38,
-        Capability::Bpf => 39,
-        Capability::CheckpointRestore => 40,
-    }
 }

@@ -299,6 +299,74 @@ pub(super) fn make_tree_readonly(path: &CStr) -> io::Result<()> {
     .map(drop)
 }
 
+/// A detached copy of the mount tree at `path` (`open_tree` with `OPEN_TREE_CLONE`; with
+/// `recursive`, the mounts below it too), to attach elsewhere with [`attach`], possibly in
+/// another mount namespace.
+pub(super) fn open_tree(path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: path is NUL-terminated.
+    let fd = cvt_long(unsafe {
+        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags)
+    })?;
+    // SAFETY: open_tree returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches the detached tree `tree` onto `path` relative to `dir` (`dir` itself when
+/// `path` is empty): `move_mount`.
+pub(super) fn attach(tree: RawFd, dir: RawFd, path: &CStr) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let mut flags = MOVE_MOUNT_F_EMPTY_PATH;
+    if path.is_empty() {
+        flags |= MOVE_MOUNT_T_EMPTY_PATH;
+    }
+    // SAFETY: NUL-terminated paths and descriptors the caller holds.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            dir,
+            path.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// Replaces the directory `path` (in the caller's mount namespace) by an idmapped bind
+/// mount of itself that shows its files through the id mappings of the user namespace
+/// `userns`: a detached clone gets `MOUNT_ATTR_IDMAP` (kernel 5.12+, and a filesystem
+/// that allows it) and goes back on `path`.
+pub(super) fn idmap_in_place(path: &CStr, userns: RawFd) -> io::Result<()> {
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let tree = open_tree(path, false)?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns as u64,
+    };
+    // SAFETY: attr is a valid mount_attr of the size passed; "" with AT_EMPTY_PATH means
+    // the descriptor itself.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    attach(tree.as_raw_fd(), libc::AT_FDCWD, path)
+}
+
 /// `pivot_root(".", ".")` then detach the old root stacked on the new one; the calling
 /// process's cwd must be the new root (a mount point).
 pub(super) fn pivot_to_cwd() -> io::Result<()> {
@@ -344,6 +412,28 @@ pub(super) fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Re
             libc::SYS_capset,
             &mut header as *mut CapHeader,
             data.as_ptr(),
+        )
+    })
+    .map(drop)
+}
+
+/// Installs a seccomp BPF filter on the calling thread (`seccomp(SECCOMP_SET_MODE_FILTER)`).
+/// The caller needs no_new_privs or CAP_SYS_ADMIN.
+pub(super) fn seccomp_filter(instructions: &[libc::sock_filter], flags: u32) -> io::Result<()> {
+    const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
+    let len = u16::try_from(instructions.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: instructions.as_ptr().cast_mut(),
+    };
+    // SAFETY: prog points at `len` instructions that outlive the call; the kernel copies them.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            flags as libc::c_uint,
+            &prog as *const libc::sock_fprog,
         )
     })
     .map(drop)

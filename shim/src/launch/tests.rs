@@ -24,7 +24,7 @@ use super::*;
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "hostname", "sleep", "pwd", "env", "readlink", "mount", "ps",
-    "test", "true", "touch", "wc", "grep",
+    "test", "true", "touch", "wc", "grep", "unshare",
 ];
 
 /// containerd's default capability set for CRI containers.
@@ -898,7 +898,7 @@ fn exec_joins_running_container() {
     let mut p = p;
     p.set_cwd("/tmp".into());
     let (out_r, err_r, stdio) = pipes();
-    let execd = exec(pid, &p, &[], stdio).unwrap();
+    let execd = exec(pid, &p, None, &[], stdio).unwrap();
     let epid = execd.pid;
     execd.start().unwrap();
     let stdout = read_all(out_r);
@@ -921,6 +921,7 @@ fn exec_joins_running_container() {
     let execd = exec(
         pid,
         &p,
+        None,
         &[],
         Stdio::Pipes {
             stdin: None,
@@ -996,5 +997,206 @@ fn create_start_timing() {
         summarize(&format!("{label}: create"), create_times);
         summarize(&format!("{label}: create+start"), total_times);
     }
+    fx.assert_no_mounts();
+}
+
+/// The RuntimeDefault profile of a container with `caps`.
+fn default_seccomp(caps: &[Capability]) -> oci_spec::runtime::LinuxSeccomp {
+    crate::seccomp::default_profile(&caps.iter().copied().collect())
+}
+
+const CAP_SYS_ADMIN_BIT: u64 = 1 << 21;
+
+/// Runs `sh -c script` under the default profile as `uid`, with `no_new_privs`.
+fn run_confined(fx: &Fixture, uid: u32, no_new_privs: bool, script: &str) -> Output {
+    let mut spec = fx.spec(&["sh", "-c", script]);
+    let p = proc_mut(&mut spec);
+    p.set_user(UserBuilder::default().uid(uid).gid(uid).build().unwrap());
+    p.set_no_new_privileges(Some(no_new_privs));
+    let linux = spec.linux_mut().as_mut().unwrap();
+    linux.set_seccomp(Some(default_seccomp(CRI_CAPS)));
+    run(&spec)
+}
+
+#[test]
+fn seccomp_filter_is_installed_last() {
+    let fx = Fixture::new();
+    let script = "grep -E '^(Seccomp|NoNewPrivs|CapEff)' /proc/self/status; \
+                  unshare -U true 2>&1; echo unshare=$?";
+    let cri_bits = status_field(
+        &run(&fx.spec(&["cat", "/proc/self/status"])).stdout,
+        "CapEff:",
+    );
+    assert_eq!(cri_bits & CAP_SYS_ADMIN_BIT, 0);
+    // Root and a user, with and without no_new_privs: the filter is in, creating a user
+    // namespace (no capability needed) is refused with EPERM, and CAP_SYS_ADMIN, kept to
+    // load the filter without no_new_privs, is gone (a user has no effective set left
+    // after execve).
+    for (uid, nnp) in [(0, false), (1000, false), (0, true), (1000, true)] {
+        let out = run_confined(&fx, uid, nnp, script);
+        let o = &out.stdout;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(status_field(o, "Seccomp:"), 2, "{out:?}");
+        assert_eq!(status_field(o, "NoNewPrivs:"), u64::from(nnp), "{out:?}");
+        let want = if uid == 0 { cri_bits } else { 0 };
+        assert_eq!(status_field(o, "CapEff:"), want, "uid {uid}: {out:?}");
+        assert!(o.contains("Operation not permitted"), "{out:?}");
+        assert!(o.contains("unshare=1"), "{out:?}");
+    }
+    // Without a profile, the same call is not refused by seccomp.
+    let mut spec = fx.spec(&["sh", "-c", script]);
+    proc_mut(&mut spec).set_user(UserBuilder::default().uid(0u32).gid(0u32).build().unwrap());
+    let out = run(&spec);
+    assert_eq!(status_field(&out.stdout, "Seccomp:"), 0, "{out:?}");
+    assert!(out.stdout.contains("unshare=0"), "{out:?}");
+    fx.assert_no_mounts();
+}
+
+#[test]
+fn exec_gets_the_containers_filter() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["sleep", "30"]);
+    let seccomp = default_seccomp(CRI_CAPS);
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_seccomp(Some(seccomp.clone()));
+    let created = create(CreateOptions {
+        spec: &spec,
+        overlay: None,
+        cgroup_procs: Vec::new(),
+        stdio: Stdio::Pipes {
+            stdin: None,
+            stdout: dev_null(),
+            stderr: dev_null(),
+        },
+        oom_score_adj: None,
+    })
+    .unwrap();
+    let pid = created.pid;
+    let _container = KillOnDrop(pid);
+    created.start().unwrap();
+    let p = process(&[
+        "sh",
+        "-c",
+        "grep Seccomp: /proc/self/status; unshare -U true",
+    ]);
+    let (out_r, err_r, stdio) = pipes();
+    let execd = exec(pid, &p, Some(&seccomp), &[], stdio).unwrap();
+    let epid = execd.pid;
+    execd.start().unwrap();
+    let stdout = read_all(out_r);
+    let stderr = read_all(err_r);
+    assert_eq!(wait(epid), 1, "{stdout}{stderr}");
+    assert_eq!(status_field(&stdout, "Seccomp:"), 2, "{stdout}");
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+}
+
+#[test]
+fn bad_seccomp_profile_fails_create() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["true"]);
+    let notify = crate::seccomp::parse_profile(
+        br#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#,
+        &Capabilities::new(),
+    )
+    .unwrap();
+    spec.linux_mut().as_mut().unwrap().set_seccomp(Some(notify));
+    let err = create_err(&spec);
+    assert!(matches!(err, LaunchError::InvalidSpec(_)), "{err}");
+    assert!(err.to_string().contains("linux.seccomp"), "{err}");
+}
+
+#[test]
+fn device_rules_as_the_v1_controller_reads_them() {
+    let lines: Vec<Option<String>> = crate::spec::default_device_rules()
+        .iter()
+        .map(plan::device_rule_line)
+        .collect();
+    assert_eq!(lines[0].as_deref(), Some("a"));
+    assert_eq!(lines[1].as_deref(), Some("c *:* m"));
+    assert_eq!(lines[3].as_deref(), Some("c 1:3 rwm"));
+    assert_eq!(lines.last().unwrap().as_deref(), Some("c 136:* rwm"));
+}
+
+/// A default container may create any device node (CAP_MKNOD) but open only the allowed
+/// ones: the rules are in its v1 devices cgroup.
+#[test]
+fn device_cgroup_limits_what_nodes_open() {
+    let devices = Path::new("/sys/fs/cgroup/devices");
+    if !devices.join("devices.allow").exists() {
+        eprintln!("no cgroup v1 devices hierarchy: skipped");
+        return;
+    }
+    let fx = Fixture::new();
+    let dir = devices.join(format!("cairn-launch-test-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let _guard = RemoveDir(dir.clone());
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem; echo mem=$?; head -c 1 /dev/zero | wc -c",
+    ]);
+    let mut resources = oci_spec::runtime::LinuxResources::default();
+    resources.set_devices(Some(crate::spec::default_device_rules()));
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_resources(Some(resources));
+    let out = run_with(&spec, None, vec![dir.clone()]);
+    assert!(out.stdout.contains("mem=1"), "{out:?}");
+    assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
+    assert!(
+        out.stdout.trim_end().ends_with('1'),
+        "/dev/zero is readable: {out:?}"
+    );
+    let list = fs::read_to_string(dir.join("devices.list")).unwrap();
+    assert!(
+        list.contains("c 1:5 rwm") && !list.contains("a *:* rwm"),
+        "{list}"
+    );
+}
+
+/// Two containers of one pod (one network namespace, so one sysfs superblock): the first
+/// mounts /sys read-only, the second read-write; each gets what it asked for.
+#[test]
+fn read_only_sysfs_stays_per_container() {
+    use LinuxNamespaceType::*;
+    let fx = Fixture::new();
+    let pod = PodNamespaces::new(fx.dir.path());
+    let spec_with_sys = |access: &str| {
+        let mut spec = fx.spec(&["sh", "-c", "grep ' /sys ' /proc/mounts"]);
+        let mut ns = namespaces(&[Pid, Ipc, Mount]);
+        let net = LinuxNamespaceBuilder::default()
+            .typ(Network)
+            .path(pod.net.clone())
+            .build()
+            .unwrap();
+        ns.push(net);
+        spec.linux_mut().as_mut().unwrap().set_namespaces(Some(ns));
+        let mut mounts = default_mounts();
+        for m in &mut mounts {
+            if m.destination() == Path::new("/sys") {
+                m.set_options(Some(
+                    ["nosuid", "noexec", "nodev", access]
+                        .map(String::from)
+                        .to_vec(),
+                ));
+            }
+        }
+        spec.set_mounts(Some(mounts));
+        spec
+    };
+    let ro = run(&spec_with_sys("ro"));
+    assert!(ro.stdout.contains(" ro,"), "{ro:?}");
+    let rw = run(&spec_with_sys("rw"));
+    assert!(rw.stdout.contains(" rw,"), "{rw:?}");
+    drop(pod);
     fx.assert_no_mounts();
 }
