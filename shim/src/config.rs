@@ -64,6 +64,14 @@ conf_dirs = ["/etc/cni/net.d"]
 bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 # Seconds one plugin call may take.
 plugin_timeout_secs = 60
+
+# The streaming server for CRI Exec, Attach and PortForward: the URLs these calls return
+# point at it (kubelet connects to them). Port 0 picks a free port at each start.
+[streaming]
+address = "127.0.0.1"
+port = 0
+# Seconds a streaming connection may stay idle before it is closed.
+idle_timeout_secs = 14400
 "#;
 
 /// The whole configuration.
@@ -80,6 +88,16 @@ pub struct Config {
     #[serde(default)]
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     pub cni: CniSection,
+    pub streaming: StreamingSection,
+}
+
+/// `[streaming]`: where the Exec/Attach/PortForward streaming server listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingSection {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    pub idle_timeout_secs: u64,
 }
 
 /// `[cni]`: where CNI network lists and plugins are found.

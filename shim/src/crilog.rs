@@ -9,6 +9,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::stdio::Tee;
+
 /// Longest line written as one record; longer ones are split into `P` records.
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -127,32 +129,42 @@ impl LineSplitter {
     }
 }
 
-/// Copies one stream of a container into its log until the stream closes.
+/// Copies one stream of a container into its log (if it has one) and to the clients
+/// attached to it, until the stream closes.
 pub fn spawn_copier(
     fd: OwnedFd,
     stream: Stream,
-    log: Arc<LogFile>,
+    log: Option<Arc<LogFile>>,
+    tee: Arc<Tee>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("log-{}", stream.name()))
         .stack_size(64 * 1024)
-        .spawn(move || copy(File::from(fd), stream, &log))
+        .spawn(move || copy(File::from(fd), stream, log.as_deref(), &tee))
 }
 
-fn copy(mut src: File, stream: Stream, log: &LogFile) {
+fn copy(mut src: File, stream: Stream, log: Option<&LogFile>, tee: &Tee) {
     let mut buf = vec![0u8; 32 * 1024];
     let mut lines = LineSplitter::default();
-    let mut emit = |partial: bool, text: &[u8]| log.record(stream, partial, text);
+    let mut emit = |partial: bool, text: &[u8]| {
+        if let Some(log) = log {
+            log.record(stream, partial, text)
+        }
+    };
     loop {
         match src.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => lines.feed(&buf[..n], &mut emit),
+            Ok(n) => {
+                tee.write(stream, &buf[..n]);
+                lines.feed(&buf[..n], &mut emit);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // EIO: the terminal's other side closed.
             Err(_) => break,
         }
     }
     lines.finish(&mut emit);
+    tee.end(stream);
 }
 
 #[cfg(test)]

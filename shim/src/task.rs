@@ -30,6 +30,7 @@ use crate::cgroup::{Cgroup, Layout};
 use crate::crilog::{spawn_copier, LogFile, Stream};
 use crate::launch::oci::OciRuntime;
 use crate::launch::{self, Created, Stdio};
+use crate::stdio::{self as streams, AttachPaths, Stdin, Tee, ATTACH, STDIN_ONCE};
 use cairn_snapshotter::snapshot::OverlayMount;
 
 /// Annotation on `Update` that reopens the container's log file.
@@ -99,8 +100,13 @@ impl Proc {
 
 struct ExecProc {
     process: oci_spec::runtime::Process,
+    /// Paths of its streams: files or FIFOs cairnd made; empty: none.
+    stdin: String,
     stdout: String,
     stderr: String,
+    terminal: bool,
+    /// The terminal's master, for resizes.
+    pty: Option<std::fs::File>,
     proc: Proc,
 }
 
@@ -114,6 +120,12 @@ struct Container {
     init: Proc,
     execs: HashMap<String, ExecProc>,
     log: Option<Arc<LogFile>>,
+    /// Its open stdin (CRI `stdin`), until closed.
+    stdin: Option<Arc<Stdin>>,
+    /// Attached clients of its output.
+    tee: Arc<Tee>,
+    /// The terminal's master (CRI `tty`), for resizes.
+    pty: Option<std::fs::File>,
 }
 
 struct Inner {
@@ -220,14 +232,24 @@ impl TaskService {
                 )
             })?),
         };
+        let wants_stdin = !req.stdin.is_empty();
+        let mut stdin_w = None;
         let (stdio, readers) = if req.terminal {
             (Stdio::Terminal, Vec::new())
         } else {
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
+            let stdin = match wants_stdin {
+                true => {
+                    let (r, w) = pipe()?;
+                    stdin_w = Some(std::fs::File::from(w));
+                    Some(r)
+                }
+                false => None,
+            };
             (
                 Stdio::Pipes {
-                    stdin: None,
+                    stdin,
                     stdout: out_w,
                     stderr: err_w,
                 },
@@ -253,15 +275,28 @@ impl TaskService {
                 ));
             }
         };
-        let mut streams = readers;
+        let mut outputs = readers;
+        let mut pty = None;
         if let Some(master) = pty_master {
-            streams.push((master, Stream::Stdout));
+            let dup = |fd: &OwnedFd| {
+                streams::dup_file(fd).map_err(|e| err(ttrpc::Code::INTERNAL, format!("dup: {e}")))
+            };
+            pty = Some(dup(&master)?);
+            if wants_stdin {
+                stdin_w = Some(dup(&master)?);
+            }
+            outputs.push((master, Stream::Stdout));
         }
-        if let Some(log) = &log {
-            for (fd, stream) in streams {
-                if let Err(e) = spawn_copier(fd, stream, log.clone()) {
-                    tracing::warn!(container = %req.id, error = %e, "log copier");
-                }
+        let once = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(STDIN_ONCE))
+            .is_some_and(|v| v == "true");
+        let stdin = stdin_w.map(|w| Stdin::new(w, once));
+        let tee = Arc::new(Tee::default());
+        for (fd, stream) in outputs {
+            if let Err(e) = spawn_copier(fd, stream, log.clone(), tee.clone()) {
+                tracing::warn!(container = %req.id, error = %e, "log copier");
             }
         }
         self.lock().insert(
@@ -280,6 +315,9 @@ impl TaskService {
                 },
                 execs: HashMap::new(),
                 log,
+                stdin,
+                tee,
+                pty,
             },
         );
         self.spawn_waiter(req.id.clone(), None, pid);
@@ -487,31 +525,43 @@ impl TaskService {
         if let Some(oci) = &self.inner.oci {
             return self.start_oci_exec(oci, id, exec_id);
         }
-        let (target, process, stdout, stderr, cgroup_procs) = {
+        let (target, process, paths, terminal, cgroup_procs) = {
             let containers = self.lock();
             let (c, x) = running_exec(&containers, id, exec_id)?;
             (
                 c.init.pid,
                 x.process.clone(),
-                x.stdout.clone(),
-                x.stderr.clone(),
+                [x.stdin.clone(), x.stdout.clone(), x.stderr.clone()],
+                x.terminal,
                 c.cgroup
                     .as_ref()
                     .map(|g| g.procs_files())
                     .unwrap_or_default(),
             )
         };
-        let stdio = Stdio::Pipes {
-            stdin: None,
-            stdout: open_output(&stdout)?,
-            stderr: open_output(&stderr)?,
+        let [stdin, stdout, stderr] = paths;
+        let stdio = match terminal {
+            true => Stdio::Terminal,
+            false => Stdio::Pipes {
+                stdin: open_input(&stdin)?,
+                stdout: open_output(&stdout)?,
+                stderr: open_output(&stderr)?,
+            },
         };
-        let created = launch::exec(target, &process, &cgroup_procs, stdio).map_err(|e| {
-            err(
-                ttrpc::Code::FAILED_PRECONDITION,
-                format!("exec in {id}: {e}"),
-            )
-        })?;
+        let bundle = self.lock().get(id).map(|c| PathBuf::from(&c.bundle));
+        let seccomp = launch::bundle_seccomp(&bundle.unwrap_or_default());
+        let mut created = seccomp
+            .and_then(|s| launch::exec(target, &process, s.as_ref(), &cgroup_procs, stdio))
+            .map_err(|e| {
+                err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("exec in {id}: {e}"),
+                )
+            })?;
+        let pty = match created.pty_master.take() {
+            Some(master) => Some(connect_terminal(master, &stdin, &stdout)?),
+            None => None,
+        };
         let pid = created.pid;
         if let Some(x) = self
             .lock()
@@ -519,6 +569,7 @@ impl TaskService {
             .and_then(|c| c.execs.get_mut(exec_id))
         {
             x.proc.pid = pid;
+            x.pty = pty;
         }
         self.spawn_waiter(id.to_string(), Some(exec_id.to_string()), pid);
         match created.start() {
@@ -544,18 +595,27 @@ impl TaskService {
         id: &str,
         exec_id: &str,
     ) -> Result<u32, ttrpc::Error> {
-        let (bundle, process, stdout, stderr) = {
+        let (bundle, process, stdin, stdout, stderr) = {
             let containers = self.lock();
             let (c, x) = running_exec(&containers, id, exec_id)?;
+            if x.terminal {
+                return Err(err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!(
+                        "exec in {id}: a terminal is not supported with an external OCI runtime"
+                    ),
+                ));
+            }
             (
                 PathBuf::from(&c.bundle),
                 x.process.clone(),
+                x.stdin.clone(),
                 x.stdout.clone(),
                 x.stderr.clone(),
             )
         };
         let stdio = Stdio::Pipes {
-            stdin: None,
+            stdin: open_input(&stdin)?,
             stdout: open_output(&stdout)?,
             stderr: open_output(&stderr)?,
         };
@@ -722,6 +782,47 @@ impl TaskService {
         })
     }
 
+    /// Attaches cairnd's FIFOs (JSON [`AttachPaths`]) to a running container's streams.
+    fn attach(&self, id: &str, c: &Container, paths: &str) -> ttrpc::Result<Empty> {
+        let paths: AttachPaths = serde_json::from_str(paths)
+            .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, format!("attach paths: {e}")))?;
+        if !c.init.started || c.init.exit.is_some() {
+            return Err(err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {id} is not running"),
+            ));
+        }
+        let fail = |what: &str, e: std::io::Error| {
+            err(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("attaching to container {id}: {what}: {e}"),
+            )
+        };
+        for (path, stream) in [
+            (&paths.stdout, Stream::Stdout),
+            (&paths.stderr, Stream::Stderr),
+        ] {
+            if !path.is_empty() {
+                let sink = streams::open_writer(path).map_err(|e| fail(path, e))?;
+                c.tee.add(stream, sink);
+            }
+        }
+        if paths.stdin.is_empty() {
+            return Ok(Empty::default());
+        }
+        let Some(stdin) = &c.stdin else {
+            return Err(err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {id} was not created with stdin"),
+            ));
+        };
+        let src = streams::open_reader(&paths.stdin).map_err(|e| fail(&paths.stdin, e))?;
+        stdin
+            .spawn_feeder(src)
+            .map_err(|e| fail("starting the stdin feeder", e))?;
+        Ok(Empty::default())
+    }
+
     /// Kills every container, deletes their cgroups and tells the main thread to exit.
     fn do_shutdown(&self) {
         let containers: Vec<(String, Option<Cgroup>, i32)> = self
@@ -812,6 +913,39 @@ fn unmount(path: &Path) {
 fn pipe() -> Result<(OwnedFd, OwnedFd), ttrpc::Error> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| err(ttrpc::Code::INTERNAL, format!("pipe: {e}")))
+}
+
+/// An exec's stdin: the FIFO cairnd feeds, or /dev/null (None) without one.
+fn open_input(path: &str) -> Result<Option<OwnedFd>, ttrpc::Error> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    streams::open_reader(path)
+        .map(|f| Some(OwnedFd::from(f)))
+        .map_err(|e| {
+            err(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("exec input {path}: {e}"),
+            )
+        })
+}
+
+/// Joins an exec's terminal to its FIFOs (output to `stdout`, `stdin` into it) on small
+/// threads; returns a handle on the master for resizes.
+fn connect_terminal(
+    master: OwnedFd,
+    stdin: &str,
+    stdout: &str,
+) -> Result<std::fs::File, ttrpc::Error> {
+    let internal = |e: std::io::Error| err(ttrpc::Code::INTERNAL, format!("exec terminal: {e}"));
+    let handle = streams::dup_file(&master).map_err(internal)?;
+    if let Some(input) = open_input(stdin)? {
+        let to_master = streams::dup_file(&master).map_err(internal)?;
+        streams::spawn_terminal_input(std::fs::File::from(input), to_master).map_err(internal)?;
+    }
+    let out = std::fs::File::from(open_output(stdout)?);
+    streams::spawn_copy("exec-stdout", std::fs::File::from(master), out).map_err(internal)?;
+    Ok(handle)
 }
 
 fn open_output(path: &str) -> Result<OwnedFd, ttrpc::Error> {
@@ -956,8 +1090,11 @@ impl containerd_shim_protos::shim::shim_ttrpc::Task for TaskService {
             req.exec_id.clone(),
             ExecProc {
                 process,
+                stdin: req.stdin.clone(),
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                pty: None,
                 proc: Proc::default(),
             },
         );
@@ -967,6 +1104,9 @@ impl containerd_shim_protos::shim::shim_ttrpc::Task for TaskService {
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
         let containers = self.lock();
         let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if let Some(paths) = req.annotations.get(ATTACH) {
+            return self.attach(&req.id, c, paths);
+        }
         if req.annotations.contains_key(REOPEN_LOG) {
             if let Some(log) = &c.log {
                 log.reopen()
@@ -1050,6 +1190,35 @@ impl containerd_shim_protos::shim::shim_ttrpc::Task for TaskService {
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         })
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        let containers = self.lock();
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let pty = match req.exec_id.as_str() {
+            "" => c.pty.as_ref(),
+            e => c.execs.get(e).ok_or_else(|| not_found(e))?.pty.as_ref(),
+        };
+        let Some(pty) = pty else {
+            return Err(err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {} has no terminal to resize", req.id),
+            ));
+        };
+        streams::resize(pty, req.width, req.height)
+            .map_err(|e| err(ttrpc::Code::INTERNAL, format!("resizing terminal: {e}")))?;
+        Ok(Empty::default())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
+        let containers = self.lock();
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if req.exec_id.is_empty() && req.stdin {
+            if let Some(stdin) = &c.stdin {
+                stdin.close();
+            }
+        }
+        Ok(Empty::default())
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {

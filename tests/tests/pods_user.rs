@@ -33,8 +33,16 @@ async fn identity(node: &Node, rt: &mut Rt, pod: &str, config: cri::ContainerCon
     let st = wait_exited(rt, &id).await;
     assert_eq!(st.exit_code, 0, "{st:?}");
     let log = std::fs::read_to_string(node.log_of(pod_name(pod), &name)).unwrap();
+    // ContainerStatus.user as a line of its own, next to what `id` says inside.
+    let user = st.user.and_then(|u| u.linux).map(|u| {
+        format!(
+            "status-user={}:{}:{:?}",
+            u.uid, u.gid, u.supplemental_groups
+        )
+    });
     log.lines()
         .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_string())
+        .chain(user)
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -92,6 +100,7 @@ async fn users_working_dir_and_env_as_seen_inside() {
     let c = with_user(node.container_config("uid", SHOW), Some(0), Some(1000), "");
     let out = identity(&node, &mut rt, &pod, c).await;
     assert!(out.contains("uid=0(root) gid=1000(app)"), "{out}");
+    assert!(out.contains("status-user=0:1000:"), "{out}");
     assert!(out.lines().any(|l| l == "HOME=/root"), "{out}");
 
     // run_as_username is looked up in the image's /etc/passwd.
@@ -126,6 +135,12 @@ async fn users_working_dir_and_env_as_seen_inside() {
     let out = identity(&node, &mut rt, &pod, c).await;
     assert!(
         out.contains("groups=1000(app),2000,65534(nogroup)"),
+        "{out}"
+    );
+    let status_user = out.lines().find(|l| l.starts_with("status-user=")).unwrap();
+    assert!(status_user.starts_with("status-user=1000:1000:"), "{out}");
+    assert!(
+        status_user.contains("2000") && status_user.contains("65534"),
         "{out}"
     );
     assert!(out.lines().any(|l| l == "HOME=/elsewhere"), "{out}");

@@ -11,6 +11,7 @@ use cairn_snapshotter::registry::Credentials;
 use tonic::{Request, Response, Status};
 
 use super::status;
+use crate::control::release_freed_memory;
 
 pub struct Images {
     images: Arc<ImageService>,
@@ -139,7 +140,9 @@ impl CriImageService for Images {
         let req = request.into_inner();
         let name = image_name(req.image.as_ref(), "PullImage")?;
         let creds = credentials(req.auth.as_ref())?;
-        let image = self.images.pull(&name, creds, None).await.map_err(status)?;
+        let pulled = self.images.pull(&name, creds, None).await;
+        release_freed_memory();
+        let image = pulled.map_err(status)?;
         Ok(Response::new(cri::PullImageResponse {
             image_ref: image.record.id.clone(),
         }))
@@ -150,7 +153,9 @@ impl CriImageService for Images {
         request: Request<cri::RemoveImageRequest>,
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let name = image_name(request.into_inner().image.as_ref(), "RemoveImage")?;
-        self.images.remove(&name).await.map_err(status)?;
+        let removed = self.images.remove(&name).await;
+        release_freed_memory();
+        removed.map_err(status)?;
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 

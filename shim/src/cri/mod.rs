@@ -40,6 +40,7 @@ pub async fn serve(
     socket: &Path,
     images: Arc<ImageService>,
     runtime: Arc<crate::runtime::Runtime>,
+    streaming: Arc<cairn_streaming::Server>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let listener = bind(socket)?;
@@ -47,7 +48,9 @@ pub async fn serve(
     tracing::info!(socket = %socket.display(), "serving CRI");
     tonic::transport::Server::builder()
         .layer(AlphaLayer)
-        .add_service(RuntimeServiceServer::new(runtime::RuntimeApi::new(runtime)))
+        .add_service(RuntimeServiceServer::new(runtime::RuntimeApi::new(
+            runtime, streaming,
+        )))
         .add_service(ImageServiceServer::new(image::Images::new(images.clone())))
         .add_service(ControlServer::new(crate::control::Control::new(images)))
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -14,11 +14,13 @@ const CRI_API_VERSION: &str = "v1";
 
 pub struct RuntimeApi {
     rt: Arc<Runtime>,
+    /// Hands out the URLs of Exec, Attach and PortForward sessions.
+    streaming: Arc<cairn_streaming::Server>,
 }
 
 impl RuntimeApi {
-    pub fn new(rt: Arc<Runtime>) -> Self {
-        RuntimeApi { rt }
+    pub fn new(rt: Arc<Runtime>, streaming: Arc<cairn_streaming::Server>) -> Self {
+        RuntimeApi { rt, streaming }
     }
 }
 
@@ -112,7 +114,10 @@ fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
                 ..Default::default()
             }),
         image_id: c.image_id.clone(),
-        user: None,
+        user: c
+            .user
+            .clone()
+            .map(|linux| cri::ContainerUser { linux: Some(linux) }),
     }
 }
 
@@ -574,23 +579,41 @@ impl RuntimeService for RuntimeApi {
 
     async fn exec(
         &self,
-        _request: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(not_yet("Exec (streaming)"))
+        let req = request.into_inner();
+        self.rt.running(&req.container_id)?;
+        Ok(Response::new(self.streaming.get_exec(&req)?))
     }
 
     async fn attach(
         &self,
-        _request: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(not_yet("Attach"))
+        let req = request.into_inner();
+        let c = self.rt.running(&req.container_id)?;
+        if req.stdin && !c.config.stdin {
+            return Err(Status::invalid_argument(format!(
+                "Attach to container {}: stdin requested but the container was not created with stdin",
+                c.id
+            )));
+        }
+        Ok(Response::new(self.streaming.get_attach(&req)?))
     }
 
     async fn port_forward(
         &self,
-        _request: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(not_yet("PortForward"))
+        let req = request.into_inner();
+        let pod = self.rt.pod(&req.pod_sandbox_id)?;
+        if !pod.ready {
+            return Err(Status::failed_precondition(format!(
+                "PortForward: pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        Ok(Response::new(self.streaming.get_port_forward(&req)?))
     }
 
     async fn container_stats(

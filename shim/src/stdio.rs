@@ -1,0 +1,259 @@
+//! A container's standard streams beyond its log, in the pod's shim: the stdin it keeps
+//! open (CRI `stdin`, closed after the first attach with `stdin_once`), the clients
+//! attached to its output, and the FIFOs cairnd hands over for attach and for streamed
+//! execs.
+//!
+//! cairnd makes the FIFOs and opens its ends first (the read side of outputs without
+//! blocking, stdin read-write), so the shim's opens never block. Closing its end is how
+//! cairnd detaches: a write to a gone client's output fails with EPIPE and drops it, end
+//! of file on an attach's stdin ends that attach's input (and the container's stdin with
+//! `stdin_once`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crilog::Stream;
+
+/// `UpdateTaskRequest` annotation whose value (JSON [`AttachPaths`]) attaches FIFOs to a
+/// running container's streams.
+pub const ATTACH: &str = "io.cairn.attach";
+
+/// OCI spec annotation: the container's stdin closes after the first attach ends.
+pub const STDIN_ONCE: &str = "io.cairn.stdin-once";
+
+/// The FIFOs of one attach; an empty path leaves that stream out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Copies of a container's output for attached clients.
+#[derive(Default)]
+pub struct Tee {
+    state: Mutex<TeeState>,
+}
+
+#[derive(Default)]
+struct TeeState {
+    sinks: Vec<(Stream, File)>,
+    /// Streams that have ended: a sink added for them is closed at once.
+    ended: Vec<Stream>,
+}
+
+impl Tee {
+    /// Adds a client's output; it gets what the container writes from now on.
+    pub fn add(&self, stream: Stream, sink: File) {
+        let mut state = lock(&self.state);
+        if !state.ended.contains(&stream) {
+            state.sinks.push((stream, sink));
+        }
+    }
+
+    /// Whether any client listens.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.state).sinks.is_empty()
+    }
+
+    /// Writes `data` to every client of `stream`; a client that went away is dropped.
+    pub fn write(&self, stream: Stream, data: &[u8]) {
+        let mut state = lock(&self.state);
+        state
+            .sinks
+            .retain_mut(|(s, f)| *s != stream || f.write_all(data).is_ok());
+    }
+
+    /// The container's `stream` has ended: its clients see end of file.
+    pub fn end(&self, stream: Stream) {
+        let mut state = lock(&self.state);
+        state.ended.push(stream);
+        state.sinks.retain(|(s, _)| *s != stream);
+    }
+}
+
+/// The write side of a container's open stdin (a pipe, or its terminal's master).
+pub struct Stdin {
+    writer: Mutex<Option<File>>,
+    once: bool,
+}
+
+impl Stdin {
+    pub fn new(writer: File, once: bool) -> Arc<Stdin> {
+        Arc::new(Stdin {
+            writer: Mutex::new(Some(writer)),
+            once,
+        })
+    }
+
+    /// Closes it: the container reads end of file.
+    pub fn close(&self) {
+        lock(&self.writer).take();
+    }
+
+    fn write(&self, data: &[u8]) -> bool {
+        match lock(&self.writer).as_mut() {
+            Some(w) => w.write_all(data).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Copies `src` (an attach's stdin) into the container's stdin on a small thread,
+    /// until either ends; with `stdin_once` the container's stdin is closed after it.
+    pub fn spawn_feeder(self: &Arc<Self>, src: File) -> std::io::Result<()> {
+        let stdin = self.clone();
+        std::thread::Builder::new()
+            .name("attach-stdin".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                pump(src, |data| stdin.write(data));
+                if stdin.once {
+                    stdin.close();
+                }
+            })
+            .map(|_| ())
+    }
+}
+
+/// Reads `src` until end of file or error, handing each chunk to `sink` until it refuses.
+pub fn pump(mut src: File, mut sink: impl FnMut(&[u8]) -> bool) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if !sink(&buf[..n]) {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // EIO: a terminal's other side closed.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Copies `src` to `dst` on a small thread until either ends.
+pub fn spawn_copy(name: &str, src: File, mut dst: File) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(64 * 1024)
+        .spawn(move || pump(src, |data| dst.write_all(data).is_ok()))
+        .map(|_| ())
+}
+
+/// Copies `src` into a terminal's master on a small thread; when `src` ends, sends the
+/// terminal's end-of-file character (^D) so that a shell reading it exits as it would
+/// when its user leaves.
+pub fn spawn_terminal_input(src: File, mut master: File) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("tty-stdin".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            pump(src, |data| master.write_all(data).is_ok());
+            let _ = master.write_all(&[4]);
+        })
+        .map(|_| ())
+}
+
+/// Opens the shim's end of an output FIFO (cairnd holds the read side open).
+pub fn open_writer(path: &str) -> std::io::Result<File> {
+    OpenOptions::new().write(true).open(path)
+}
+
+/// Opens the shim's end of an input FIFO (cairnd holds it open for writing).
+pub fn open_reader(path: &str) -> std::io::Result<File> {
+    File::open(path)
+}
+
+/// Sets a terminal's window size.
+pub fn resize(master: &impl AsRawFd, width: u32, height: u32) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: u16::try_from(height).unwrap_or(u16::MAX),
+        ws_col: u16::try_from(width).unwrap_or(u16::MAX),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer; the fd is a terminal master.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A second handle on a descriptor, as a `File`.
+pub fn dup_file(fd: &OwnedFd) -> std::io::Result<File> {
+    fd.try_clone().map(File::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (File, File) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        (File::from(r), File::from(w))
+    }
+
+    #[test]
+    fn tee_copies_per_stream_drops_gone_clients_and_ends() {
+        let tee = Tee::default();
+        let (mut out_r, out_w) = pipe();
+        let (gone_r, gone_w) = pipe();
+        tee.add(Stream::Stdout, out_w);
+        tee.add(Stream::Stdout, gone_w);
+        drop(gone_r);
+        tee.write(Stream::Stdout, b"hello");
+        tee.write(Stream::Stderr, b"not for stdout");
+        tee.end(Stream::Stdout);
+        assert!(tee.is_empty());
+        let mut got = String::new();
+        out_r.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hello");
+        // A client arriving after the end gets end of file at once.
+        let (mut late_r, late_w) = pipe();
+        tee.add(Stream::Stdout, late_w);
+        let mut got = String::new();
+        late_r.read_to_string(&mut got).unwrap();
+        assert!(got.is_empty() && tee.is_empty());
+    }
+
+    #[test]
+    fn stdin_once_closes_after_the_first_feeder() {
+        let (mut c_r, c_w) = pipe();
+        let stdin = Stdin::new(c_w, true);
+        let (a_r, mut a_w) = pipe();
+        stdin.spawn_feeder(a_r).unwrap();
+        a_w.write_all(b"line\n").unwrap();
+        drop(a_w);
+        let mut got = String::new();
+        c_r.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "line\n");
+    }
+
+    #[test]
+    fn stdin_stays_open_without_once() {
+        let (c_r, c_w) = pipe();
+        let stdin = Stdin::new(c_w, false);
+        let (a_r, a_w) = pipe();
+        let feeder = std::thread::spawn({
+            let stdin = stdin.clone();
+            move || pump(a_r, |d| stdin.write(d))
+        });
+        drop(a_w);
+        feeder.join().unwrap();
+        assert!(stdin.write(b"still open"));
+        let mut buf = [0u8; 10];
+        (&c_r).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"still open");
+    }
+}
