@@ -2,15 +2,19 @@
 //! host-local, loopback, portmap): NetworkReady follows the conf dir (also when a config
 //! appears while cairnd runs), pods get distinct IPs on a private bridge and talk over TCP,
 //! StopPodSandbox gives the IP back (idempotently, and after a `kill -9` of cairnd), a
-//! malformed network list makes RunPodSandbox fail without leaving anything behind, a
-//! hostPort on 127.0.0.1 reaches the pod and its iptables rules go with it, and pods
-//! created and removed in a loop (30, or `CAIRN_CNI_LOOP_PODS`) leave no veth, IP
-//! allocation, mount, iptables rule or attachment record.
+//! malformed network list, a missing plugin or a plugin failing half-way through ADD make
+//! RunPodSandbox fail without leaving anything behind, a hostPort reaches the pod from the
+//! host's 127.0.0.1 and from another pod through the host's bridge address (its iptables
+//! rules go with the pod), the pod's DNS config ends up in its resolv.conf and in the
+//! plugins' `dns` capability, pods found running after a restart get a CNI CHECK (whose
+//! failure leaves them running), and pods created and removed in a loop (100, or
+//! `CAIRN_CNI_LOOP_PODS`) leave no veth, IP allocation, mount, iptables rule or attachment
+//! record.
 //!
-//! Each test has its own conf dir, bridge, subnet (10.124.<n>.0/24) and IPAM dir; the
-//! host's /etc/cni/net.d is never read or touched. Bridges and veths are removed on drop,
-//! and so are the iptables chains portmap adds (`PortmapChains`, which also serialises the
-//! portmap tests).
+//! Each test has its own conf dir, bin dir (for `cairn-rec`, a recording plugin written by
+//! the tests), bridge, subnet (10.124.<n>.0/24) and IPAM dir; the host's /etc/cni/net.d is
+//! never read or touched. Bridges and veths are removed on drop, and so are the iptables
+//! chains portmap adds (`PortmapChains`, which also serialises the portmap tests).
 //!
 //! Needs root and `apt-get install containernetworking-plugins`.
 
@@ -46,7 +50,7 @@ impl Net {
             "needs `apt-get install containernetworking-plugins`"
         );
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["net.d", "ipam"] {
+        for sub in ["net.d", "ipam", "bin"] {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
         }
         let n = SUBNET.fetch_add(1, Ordering::Relaxed);
@@ -62,11 +66,17 @@ impl Net {
         self.dir.path().join("net.d")
     }
 
-    /// The `[cni]` section pointing cairnd at this network's private dirs.
+    fn bin_dir(&self) -> PathBuf {
+        self.dir.path().join("bin")
+    }
+
+    /// The `[cni]` section pointing cairnd at this network's private dirs (the private
+    /// bin dir for the tests' own plugins first).
     fn toml(&self) -> String {
         format!(
-            "\n[cni]\nconf_dirs = [{:?}]\nbin_dirs = [{PLUGINS:?}]\n",
-            self.conf_dir().display().to_string()
+            "\n[cni]\nconf_dirs = [{:?}]\nbin_dirs = [{:?}, {PLUGINS:?}]\n",
+            self.conf_dir().display().to_string(),
+            self.bin_dir().display().to_string()
         )
     }
 
@@ -74,26 +84,81 @@ impl Net {
         format!("10.124.{}.", self.n)
     }
 
+    /// The bridge's address: the pods' gateway, an address of the host.
+    fn gateway(&self) -> String {
+        format!("10.124.{}.1", self.n)
+    }
+
     /// bridge (gateway on the bridge, host-local IPAM in the private dir), then loopback.
     fn list(&self) -> Value {
-        json!({
-            "cniVersion": "1.0.0",
-            "name": self.network,
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self.bridge.name,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": format!("10.124.{}.0/24", self.n)}]],
-                        "dataDir": self.dir.path().join("ipam"),
-                    }
-                },
-                {"type": "loopback"}
-            ]
-        })
+        self.list_with(Vec::new())
+    }
+
+    /// bridge, `middle`, then loopback.
+    fn list_with(&self, middle: Vec<Value>) -> Value {
+        let mut plugins = vec![json!({
+            "type": "bridge",
+            "bridge": self.bridge.name,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": format!("10.124.{}.0/24", self.n)}]],
+                "dataDir": self.dir.path().join("ipam"),
+            }
+        })];
+        plugins.extend(middle);
+        plugins.push(json!({"type": "loopback"}));
+        json!({"cniVersion": "1.0.0", "name": self.network, "plugins": plugins})
+    }
+
+    /// Installs `cairn-rec` in the private bin dir: a plugin that records every call
+    /// (command, container ID, netns, config) in `calls.log`, fails the commands that
+    /// [`Net::fail`] names, and otherwise acts as loopback does (passing prevResult on).
+    fn write_rec_plugin(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let script = format!(
+            r#"#!/bin/sh
+stdin=$(cat)
+printf '%s|%s|%s|%s\n' "$CNI_COMMAND" "$CNI_CONTAINERID" "$CNI_NETNS" "$stdin" >> {dir}/calls.log
+if [ -e "{dir}/fail-$CNI_COMMAND" ]; then
+  printf '{{"cniVersion":"1.0.0","code":99,"msg":"cairn-rec %s failed on purpose"}}' "$CNI_COMMAND"
+  exit 1
+fi
+printf '%s' "$stdin" | exec {PLUGINS}/loopback
+"#,
+            dir = self.dir.path().display()
+        );
+        let path = self.bin_dir().join("cairn-rec");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Makes `cairn-rec` fail `command` (ADD, DEL, CHECK) from now on.
+    fn fail(&self, command: &str) {
+        std::fs::write(self.dir.path().join(format!("fail-{command}")), "").unwrap();
+    }
+
+    /// What `cairn-rec` was called with, in order.
+    fn calls(&self) -> Vec<Call> {
+        let log = std::fs::read_to_string(self.dir.path().join("calls.log")).unwrap_or_default();
+        log.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.splitn(4, '|').collect();
+                assert_eq!(f.len(), 4, "{l}");
+                Call {
+                    command: f[0].into(),
+                    container_id: f[1].into(),
+                    netns: f[2].into(),
+                    conf: serde_json::from_str(f[3]).unwrap(),
+                }
+            })
+            .collect()
+    }
+
+    /// The commands `cairn-rec` got, in order.
+    fn commands(&self) -> Vec<String> {
+        self.calls().into_iter().map(|c| c.command).collect()
     }
 
     /// Writes `text` as conf file `name` atomically.
@@ -144,6 +209,16 @@ impl Net {
             .filter(|n| n.parse::<IpAddr>().is_ok())
             .collect()
     }
+}
+
+/// One call of the `cairn-rec` plugin.
+#[derive(Debug)]
+struct Call {
+    command: String,
+    container_id: String,
+    netns: String,
+    /// The config it read on stdin.
+    conf: Value,
 }
 
 /// A node whose cairnd uses `net`'s dirs.
@@ -512,5 +587,316 @@ async fn pods_come_and_go_without_leftovers() {
     assert!(left.is_empty(), "{left:#?}");
     assert!(records(&node).is_empty(), "{:?}", records(&node));
     // No netns (or other) mount under the daemon's dirs, no pod dirs, shims or cgroups.
+    assert_clean(&node);
+}
+
+#[tokio::test]
+async fn a_pod_reaches_a_host_port_of_another_through_the_host() {
+    let _chains = PortmapChains::take();
+    let net = Net::new();
+    net.write_list_with_portmap();
+    let node = node(&net).await;
+    let mut rt = node.rt().await;
+
+    // A publishes its port 80 on the host's bridge address; B, another pod on the bridge,
+    // connects to that host address. portmap DNATs it to A and (snat) masquerades it, so
+    // that A's answer goes back through the host rather than straight to B.
+    let port = free_port();
+    let mut config = node.pod_config("published");
+    config.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: i32::from(port),
+        host_ip: net.gateway(),
+    }];
+    let a = node.run_pod_with(&mut rt, config, "").await;
+    node.run(
+        &mut rt,
+        &a,
+        "server",
+        &[
+            "sh",
+            "-c",
+            "while true; do nc -l -p 80 -e echo hello-from-a; done",
+        ],
+    )
+    .await;
+    let b = node.run_pod(&mut rt, "visitor").await;
+    let client = node.run(&mut rt, &b, "client", &["sleep", "600"]).await;
+    let target = port.to_string();
+    let got = exec_until(
+        &mut rt,
+        &client,
+        &["nc", "-w", "5", &net.gateway(), &target],
+    )
+    .await;
+    assert_eq!(got, "hello-from-a");
+    let needles = vec![a.clone(), format!("--dport {port}")];
+    assert!(!rules_mentioning(&needles).is_empty(), "no portmap rules");
+
+    remove_pod(&mut rt, &a).await;
+    // Gone with A: nothing answers there any more.
+    let r = exec(
+        &mut rt,
+        &client,
+        &["nc", "-w", "2", &net.gateway(), &target],
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&r.stdout).trim().is_empty(),
+        "{r:?}"
+    );
+    remove_pod(&mut rt, &b).await;
+    let left = rules_mentioning(&needles);
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+    assert!(net.bridge.ports().is_empty(), "{:?}", net.bridge.ports());
+    assert!(records(&node).is_empty(), "{:?}", records(&node));
+    assert_clean(&node);
+}
+
+#[tokio::test]
+async fn the_pod_dns_config_is_honoured() {
+    let net = Net::new();
+    net.write_rec_plugin();
+    net.write_value(&net.list_with(vec![json!({
+        "type": "cairn-rec",
+        "capabilities": {"dns": true, "portMappings": true}
+    })]));
+    let node = node(&net).await;
+    let mut rt = node.rt().await;
+
+    let mut config = node.pod_config("dns");
+    config.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into(), "10.96.0.11".into()],
+        searches: vec!["test.svc.cluster.local".into(), "svc.cluster.local".into()],
+        options: vec!["ndots:5".into(), "edns0".into()],
+    });
+    let pod = node.run_pod_with(&mut rt, config, "").await;
+    assert!(pod_ip(&mut rt, &pod).await.starts_with(&net.prefix()));
+    let ctr = node.run(&mut rt, &pod, "c", &["sleep", "600"]).await;
+    let resolv = exec_out(&mut rt, &ctr, &["cat", "/etc/resolv.conf"]).await;
+    assert_eq!(
+        resolv.lines().collect::<Vec<_>>(),
+        [
+            "search test.svc.cluster.local svc.cluster.local",
+            "nameserver 10.96.0.10",
+            "nameserver 10.96.0.11",
+            "options ndots:5 edns0",
+        ],
+        "{resolv}"
+    );
+    // Plugins that declare the dns capability get it in runtimeConfig (and nothing for
+    // the port mappings the pod does not have).
+    let calls = net.calls();
+    let add = calls.iter().find(|c| c.command == "ADD").unwrap();
+    assert_eq!(add.container_id, pod);
+    assert_eq!(
+        add.conf["runtimeConfig"],
+        json!({"dns": {
+            "servers": ["10.96.0.10", "10.96.0.11"],
+            "searches": ["test.svc.cluster.local", "svc.cluster.local"],
+            "options": ["ndots:5", "edns0"],
+        }})
+    );
+
+    // Without a DNS config, the pod gets the host's resolv.conf.
+    let plain = node.run_pod(&mut rt, "no-dns").await;
+    let ctr = node.run(&mut rt, &plain, "c", &["sleep", "600"]).await;
+    let resolv = exec(&mut rt, &ctr, &["cat", "/etc/resolv.conf"]).await;
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert_eq!(String::from_utf8_lossy(&resolv.stdout), host);
+    let add = net
+        .calls()
+        .into_iter()
+        .rfind(|c| c.command == "ADD")
+        .unwrap();
+    assert!(add.conf.get("runtimeConfig").is_none(), "{:?}", add.conf);
+
+    remove_pod(&mut rt, &pod).await;
+    remove_pod(&mut rt, &plain).await;
+    assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+    assert!(records(&node).is_empty(), "{:?}", records(&node));
+    assert_clean(&node);
+}
+
+/// RunPodSandbox, which must fail; returns its error.
+async fn run_pod_err(node: &Node, rt: &mut Rt, name: &str) -> tonic::Status {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(node.pod_config(name)),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap_err()
+}
+
+/// Nothing of a pod that failed to start: not listed, no IP held, no veth on the bridge,
+/// no attachment record, and nothing of cairnd's (netns mount, pod dir, shim, cgroup).
+async fn assert_nothing_left(node: &Node, rt: &mut Rt, net: &Net) {
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+    assert!(net.bridge.ports().is_empty(), "{:?}", net.bridge.ports());
+    assert!(records(node).is_empty(), "{:?}", records(node));
+    assert_clean(node);
+}
+
+#[tokio::test]
+async fn a_missing_plugin_fails_the_pod_and_leaves_nothing() {
+    let net = Net::new();
+    net.write_rec_plugin();
+    net.write_value(&net.list_with(vec![
+        json!({"type": "cairn-rec"}),
+        json!({"type": "cairn-no-such-plugin"}),
+    ]));
+    let node = node(&net).await;
+    let mut rt = node.rt().await;
+    // The list itself is valid.
+    assert!(network_ready(&mut rt).await.status);
+
+    let err = run_pod_err(&node, &mut rt, "missing").await;
+    let msg = err.message();
+    assert!(
+        msg.contains("\"cairn-no-such-plugin\" not found") && msg.contains(&net.network),
+        "{err:?}"
+    );
+    assert!(msg.contains(PLUGINS), "names the dirs searched: {err:?}");
+    // What ran before it was undone: bridge and cairn-rec got their DEL.
+    assert_eq!(net.commands(), ["ADD", "DEL"]);
+    assert_nothing_left(&node, &mut rt, &net).await;
+}
+
+#[tokio::test]
+async fn a_plugin_failing_half_way_is_torn_down() {
+    let net = Net::new();
+    net.write_rec_plugin();
+    net.fail("ADD");
+    net.write_value(&net.list_with(vec![json!({"type": "cairn-rec"})]));
+    let node = node(&net).await;
+    let mut rt = node.rt().await;
+
+    let err = run_pod_err(&node, &mut rt, "half-way").await;
+    assert!(
+        err.message().contains(&format!(
+            "CNI network {}: plugin cairn-rec ADD failed: cairn-rec ADD failed on purpose (code 99)",
+            net.network
+        )),
+        "{err:?}"
+    );
+    // cairn-rec got bridge's result (an address, a veth) and failed; then DEL, once,
+    // with the same result, while the namespace was still there.
+    let calls = net.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.command.as_str()).collect::<Vec<_>>(),
+        ["ADD", "DEL"]
+    );
+    let (add, del) = (&calls[0], &calls[1]);
+    let prev = &add.conf["prevResult"];
+    let ip = prev["ips"][0]["address"].as_str().unwrap();
+    assert!(ip.starts_with(&net.prefix()), "{prev}");
+    assert_eq!(del.conf["prevResult"], *prev);
+    assert_eq!(del.container_id, add.container_id);
+    assert!(del.netns.ends_with("/ns/net"), "{del:?}");
+    let veths: Vec<&str> = prev["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.get("sandbox").is_none())
+        .filter_map(|i| i["name"].as_str())
+        .filter(|n| *n != net.bridge.name)
+        .collect();
+    assert_eq!(veths.len(), 1, "{prev}");
+    assert!(!link_exists(veths[0]), "veth {} left", veths[0]);
+    assert_nothing_left(&node, &mut rt, &net).await;
+
+    // Once the plugin works again, a pod of the same name starts.
+    std::fs::remove_file(net.dir.path().join("fail-ADD")).unwrap();
+    let pod = node.run_pod(&mut rt, "half-way").await;
+    assert!(pod_ip(&mut rt, &pod).await.starts_with(&net.prefix()));
+    remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&node, &mut rt, &net).await;
+}
+
+/// Waits up to 10 s for `cairn-rec` to have had `n` calls of `command`; returns the last.
+async fn nth_call(net: &Net, command: &str, n: usize) -> Call {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut calls: Vec<Call> = net
+            .calls()
+            .into_iter()
+            .filter(|c| c.command == command)
+            .collect();
+        if calls.len() >= n {
+            return calls.swap_remove(n - 1);
+        }
+        assert!(Instant::now() < deadline, "{:?}", net.commands());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits up to 10 s for the daemon's log to say `text` `n` times.
+async fn logged(node: &Node, text: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.d.log().matches(text).count() < n {
+        assert!(Instant::now() < deadline, "{text:?} not logged {n} times");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn recovered_pods_are_checked_and_keep_running_when_check_fails() {
+    let net = Net::new();
+    net.write_rec_plugin();
+    net.write_value(&net.list_with(vec![json!({"type": "cairn-rec"})]));
+    let mut node = node(&net).await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "checked").await;
+    let ctr = node.run(&mut rt, &pod, "c", &["sleep", "600"]).await;
+    let ip = pod_ip(&mut rt, &pod).await;
+    // A host-network pod has nothing to check.
+    let mut config = node.pod_config("host-net");
+    let ns = config.linux.as_mut().unwrap().security_context.as_mut();
+    ns.unwrap().namespace_options.as_mut().unwrap().network = cri::NamespaceMode::Node as i32;
+    let host = node.run_pod_with(&mut rt, config, "").await;
+    assert_eq!(net.commands(), ["ADD"]);
+
+    // After a crash and restart, CHECK runs with the recorded result, in the pod's netns.
+    drop(rt);
+    node.d.kill9();
+    node.d.restart().unwrap();
+    let check = nth_call(&net, "CHECK", 1).await;
+    assert_eq!(check.container_id, pod);
+    assert!(check.netns.ends_with("/ns/net"), "{check:?}");
+    assert_eq!(
+        check.conf["prevResult"]["ips"][0]["address"],
+        format!("{ip}/24")
+    );
+    logged(&node, "CNI CHECK passed", 1).await;
+
+    // A failing CHECK is logged; the pod is left alone.
+    net.fail("CHECK");
+    node.d.restart().unwrap();
+    nth_call(&net, "CHECK", 2).await;
+    logged(&node, "CNI CHECK failed after a restart", 1).await;
+    let mut rt = node.rt().await;
+    let st = pod_status(&mut rt, &pod).await;
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(st.network.unwrap().ip, ip);
+    assert_eq!(
+        status(&mut rt, &ctr).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(exec_out(&mut rt, &ctr, &["echo", "alive"]).await, "alive");
+
+    remove_pod(&mut rt, &pod).await;
+    remove_pod(&mut rt, &host).await;
+    assert_eq!(net.commands(), ["ADD", "CHECK", "CHECK", "DEL"]);
+    assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+    assert!(records(&node).is_empty(), "{:?}", records(&node));
     assert_clean(&node);
 }

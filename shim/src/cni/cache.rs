@@ -100,6 +100,15 @@ impl Cache {
             .collect()
     }
 
+    /// Whether the pod has a dir of entries (it goes with its last entry); an unreadable
+    /// dir counts as having some.
+    pub fn has_entries(&self, pod_id: &str) -> bool {
+        match std::fs::symlink_metadata(self.pod_dir(pod_id)) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
+    }
+
     /// Removes one entry, and the pod's dir once it is empty.
     pub fn remove(&self, pod_id: &str, network: &str) -> Result<(), (PathBuf, String)> {
         let path = self.path(pod_id, network);
@@ -152,6 +161,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         assert!(cache.load("p1").unwrap().is_empty());
+        assert!(!cache.has_entries("p1"));
         let mut a = entry("p1", "net-b");
         cache.store(&a).unwrap();
         a.result = Some(serde_json::json!({"ips": []}));
@@ -164,8 +174,10 @@ mod tests {
         cache.remove("p1", "net-a").unwrap();
         cache.remove("p1", "net-a").unwrap();
         assert!(dir.path().join("p1").exists());
+        assert!(cache.has_entries("p1"));
         cache.remove("p1", "net-b").unwrap();
         assert!(!dir.path().join("p1").exists());
+        assert!(!cache.has_entries("p1"));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! each pod's attachment on disk so DEL works after a daemon restart or a config change.
 //!
 //! cairnd calls [`Cni::add`] from RunPodSandbox once the pod's network namespace exists,
-//! [`Cni::del`] from StopPodSandbox before the namespace goes, [`Cni::status`] for the
-//! NetworkReady condition and [`Cni::result`] for the pod IPs.
+//! [`Cni::del`] from StopPodSandbox before the namespace goes (and when a pod's shim
+//! dies), [`Cni::check`] for the pods it finds running after a restart, [`Cni::status`]
+//! for the NetworkReady condition and [`Cni::result`] for the pod IPs.
 
 mod cache;
 pub mod conf;
@@ -130,6 +131,24 @@ impl From<CniError> for tonic::Status {
             CniError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
             CniError::Timeout { .. } => tonic::Status::deadline_exceeded(msg),
             _ => tonic::Status::internal(msg),
+        }
+    }
+}
+
+impl CniError {
+    /// A note for a failure known to come from a plugin's bug rather than from a broken
+    /// network, to go with it in the log.
+    pub fn known_bug(&self) -> Option<&'static str> {
+        match self {
+            CniError::Plugin {
+                plugin,
+                command: "CHECK",
+                ..
+            } if plugin == "portmap" => Some(
+                "portmap before 1.2 fails CHECK for pods without IPv6, looking for \
+                 ip6tables rules it never made (containernetworking/plugins#819)",
+            ),
+            _ => None,
         }
     }
 }
@@ -387,9 +406,11 @@ impl Cni {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// CHECK for each recorded attachment, with its recorded result. Lists that disable
-    /// CHECK pass; lists older than CNI 0.4.0 have no CHECK and are an error.
-    pub async fn check(&self, pod: &PodNetwork) -> Result<(), CniError> {
+    /// CHECK for each recorded attachment, with the list, capability args and result it
+    /// was added with; stops at the first plugin that fails. Returns the networks
+    /// checked: lists that disable CHECK, and lists older than CNI 0.4.0 (which have no
+    /// CHECK), are skipped.
+    pub async fn check(&self, pod: &PodNetwork) -> Result<Vec<String>, CniError> {
         check_pod_id(&pod.pod_id)?;
         let _guard = self.lock_pod(&pod.pod_id).await;
         let recorded = self.cache.load(&pod.pod_id)?;
@@ -397,19 +418,21 @@ impl Cni {
         if done.is_empty() {
             return Err(CniError::NotAttached(pod.pod_id.clone()));
         }
+        let mut checked = Vec::new();
         for a in done {
             let list = NetworkList::from_json(&a.config).map_err(|e| CniError::Cache {
                 path: self.cache.path(&a.container_id, &a.network),
                 reason: format!("recorded network config: {e}"),
             })?;
-            if list.disable_check {
+            if list.disable_check || !list.at_least("0.4.0") {
+                tracing::debug!(
+                    "pod {}: no CHECK on network {} (cniVersion {}, disableCheck {})",
+                    pod.pod_id,
+                    list.name,
+                    list.cni_version,
+                    list.disable_check
+                );
                 continue;
-            }
-            if !list.at_least("0.4.0") {
-                return Err(CniError::InvalidArgument(format!(
-                    "network {} uses cniVersion {}, which has no CHECK",
-                    list.name, list.cni_version
-                )));
             }
             for plugin in &list.plugins {
                 self.call(
@@ -422,8 +445,15 @@ impl Cni {
                 )
                 .await?;
             }
+            checked.push(list.name);
         }
-        Ok(())
+        Ok(checked)
+    }
+
+    /// Whether the pod has any attachment record, finished or not (readable or not):
+    /// something a DEL has to undo.
+    pub fn recorded(&self, pod_id: &str) -> bool {
+        check_pod_id(pod_id).is_ok() && self.cache.has_entries(pod_id)
     }
 
     /// The recorded ADD result of the pod (for PodSandboxStatus), if it is attached.
@@ -622,6 +652,52 @@ mod tests {
         assert_eq!(live_netns(Path::new("/etc/hostname")), None);
         assert_eq!(live_netns(Path::new("/nonexistent/ns/net")), None);
         assert_eq!(live_netns(Path::new("")), None);
+    }
+
+    #[tokio::test]
+    async fn check_skips_lists_without_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = CniConfig::new(dir.path().join("cache"));
+        // No plugins at all: a CHECK that runs fails.
+        cfg.bin_dirs = vec![dir.path().join("bin")];
+        let cni = Cni::new(cfg);
+        let pod = PodNetwork {
+            pod_id: "p".into(),
+            netns: "/proc/self/ns/net".into(),
+            ..Default::default()
+        };
+        assert!(!cni.recorded("p"));
+        let record = |network: &str, version: &str, disable: bool| Attachment {
+            kind: cache::KIND.into(),
+            container_id: "p".into(),
+            network: network.into(),
+            if_name: IFNAME.into(),
+            cni_args: "IgnoreUnknown=1".into(),
+            config: serde_json::json!({"cniVersion": version, "name": network,
+                "disableCheck": disable, "plugins": [{"type": "cairn-none"}]}),
+            capability_args: serde_json::json!({}),
+            result: Some(serde_json::json!({"cniVersion": version, "ips": []})),
+        };
+        cni.cache.store(&record("old", "0.3.1", false)).unwrap();
+        cni.cache.store(&record("off", "1.0.0", true)).unwrap();
+        assert!(cni.recorded("p"));
+        assert!(cni.check(&pod).await.unwrap().is_empty());
+        cni.cache.store(&record("new", "0.4.0", false)).unwrap();
+        let err = cni.check(&pod).await.unwrap_err();
+        assert!(
+            matches!(&err, CniError::PluginNotFound { network, .. } if network == "new"),
+            "{err:?}"
+        );
+        assert!(err.known_bug().is_none());
+        let portmap = CniError::Plugin {
+            network: "n".into(),
+            plugin: "portmap".into(),
+            command: "CHECK",
+            code: 0,
+            msg: "exit status: 1".into(),
+            details: String::new(),
+        };
+        assert!(portmap.known_bug().unwrap().contains("#819"));
     }
 
     #[tokio::test]
