@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use crate::host::{entries, processes, CNI_PLUGINS};
+use crate::host::{entries, kill_tree, processes, CNI_PLUGINS};
 
 const BINARY: &str = "/usr/bin/containerd";
 const SHIM: &str = "containerd-shim-runc-v2";
@@ -190,17 +190,7 @@ state = "{state}"
     }
 
     fn kill_shims(&self) {
-        let shims = self.shims();
-        let mut all = shims.clone();
-        all.extend(descendants(&shims));
-        for pid in &all {
-            // SAFETY: kill(2) on pids whose command line named our socket, or below them.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while all.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        kill_tree(&self.shims());
     }
 
     fn stop(&mut self) {
@@ -238,36 +228,4 @@ impl Drop for Containerd {
         cairn_tests::daemon::unmount_under(self.dir.path());
         self.remove_shim_sockets();
     }
-}
-
-/// Whether a process runs (zombies do not count).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.to_string()))
-        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
-}
-
-/// Every process below `roots`.
-fn descendants(roots: &[i32]) -> Vec<i32> {
-    let parents: Vec<(i32, i32)> = entries(Path::new("/proc"))
-        .into_iter()
-        .filter_map(|p| p.file_name()?.to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (_, rest) = stat.rsplit_once(") ")?;
-            Some((pid, rest.split_whitespace().nth(1)?.parse().ok()?))
-        })
-        .collect();
-    let mut found = Vec::new();
-    let mut frontier = roots.to_vec();
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid) in &parents {
-            if ppid == parent && !found.contains(&pid) {
-                found.push(pid);
-                frontier.push(pid);
-            }
-        }
-    }
-    found
 }

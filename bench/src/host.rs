@@ -1,9 +1,10 @@
 //! Host fixtures of a benchmark run, each undone on drop: the hugetlb v1 hierarchy crun
 //! needs on this VM, the private cgroup parent of the pods, and the private CNI network
 //! (conf dir, IPAM dir, bridge) that cairn and containerd share. Plus process memory
-//! readers (RSS, PSS) and finding processes by command line.
+//! readers (RSS, PSS), and finding and killing processes by command line.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cairn_tests::net::Bridge;
@@ -14,21 +15,31 @@ pub const CNI_PLUGINS: &str = "/usr/lib/cni";
 
 const HUGETLB: &str = "/sys/fs/cgroup/hugetlb";
 
+/// How long [`HugetlbMount`]'s drop waits for removed cgroups of the hierarchy to be
+/// released before unmounting it.
+const HUGETLB_SETTLE: Duration = Duration::from_secs(5);
+
 /// The hugetlb controller mounted as a v1 hierarchy, if this run mounted it.
+///
+/// Dropped after the run's [`CgroupParent`] (so our cgroups in it are gone), it unmounts
+/// only what it mounted, and only when no cgroup is left in the hierarchy: cgroups someone
+/// else made in it meanwhile (a cairnd started while it was mounted) would otherwise live on
+/// in a hidden hierarchy nobody can reach. Then it stays mounted, with a warning.
 pub struct HugetlbMount {
     mounted: bool,
     made_dir: bool,
 }
 
 impl HugetlbMount {
-    /// Mounts the hugetlb hierarchy at /sys/fs/cgroup/hugetlb unless something is there.
+    /// Mounts the hugetlb hierarchy at /sys/fs/cgroup/hugetlb when this host has the hybrid
+    /// layout crun needs it for and nothing is mounted there yet.
     pub fn ensure() -> Result<HugetlbMount> {
         let mut guard = HugetlbMount {
             mounted: false,
             made_dir: false,
         };
         let dir = Path::new(HUGETLB);
-        if dir.join("cgroup.procs").exists() {
+        if dir.join("cgroup.procs").exists() || !hugetlb_v1_possible() {
             return Ok(guard);
         }
         if !dir.exists() {
@@ -42,17 +53,62 @@ impl HugetlbMount {
         guard.mounted = true;
         Ok(guard)
     }
+
+    /// Whether unmounting leaves nothing behind: no cgroup below the root, waiting up to
+    /// [`HUGETLB_SETTLE`] for just-removed ones to be released by the kernel.
+    fn safe_to_unmount(&self) -> bool {
+        let others: Vec<PathBuf> = entries(Path::new(HUGETLB))
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .collect();
+        if !others.is_empty() {
+            eprintln!(
+                "warning: leaving {HUGETLB} mounted: cgroups were made in it meanwhile: {others:?}"
+            );
+            return false;
+        }
+        let deadline = Instant::now() + HUGETLB_SETTLE;
+        while hierarchy_cgroups("hugetlb").is_some_and(|n| n > 1) {
+            if Instant::now() >= deadline {
+                eprintln!("warning: leaving {HUGETLB} mounted: removed cgroups still in use");
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
 }
 
 impl Drop for HugetlbMount {
     fn drop(&mut self) {
-        if self.mounted {
-            let _ = run("umount", &[HUGETLB]);
+        if !self.mounted || !self.safe_to_unmount() {
+            return;
+        }
+        if let Err(e) = run("umount", &[HUGETLB]) {
+            eprintln!("warning: cannot unmount {HUGETLB}: {e:#}");
+            return;
         }
         if self.made_dir {
             let _ = std::fs::remove_dir(HUGETLB);
         }
     }
+}
+
+/// Whether hugetlb may need a v1 hierarchy: the host has the hybrid layout (not cgroup v2
+/// alone at /sys/fs/cgroup, where crun is content) and the kernel has the controller.
+fn hugetlb_v1_possible() -> bool {
+    !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        && hierarchy_cgroups("hugetlb").is_some()
+}
+
+/// The number of cgroups in `controller`'s hierarchy (`num_cgroups` of /proc/cgroups);
+/// None when the kernel has no such controller.
+fn hierarchy_cgroups(controller: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/cgroups").ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(controller))?;
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// A private cgroup parent (`/cairn-bench-<pid>`); on drop every cgroup left below it, in
@@ -75,9 +131,23 @@ impl CgroupParent {
 }
 
 impl Drop for CgroupParent {
+    /// Retries for up to 2 s: a cgroup is busy until the last process killed in it exits.
     fn drop(&mut self) {
-        for dir in self.dirs() {
-            remove_cgroup_tree(&dir);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = self.dirs();
+            for dir in &left {
+                remove_cgroup_tree(dir);
+            }
+            let left = self.dirs();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                eprintln!("warning: cannot remove cgroups {left:?}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -180,6 +250,80 @@ pub fn processes(exe: &str, marker: &str) -> Vec<i32> {
                 && args.iter().skip(1).any(|a| a.contains(marker))
         })
         .collect()
+}
+
+/// Processes named `exe` whose command line names a watched marker (a daemon's state dir),
+/// SIGKILLed with everything below them on drop: what a daemon that died first left.
+pub struct Leftovers {
+    exe: &'static str,
+    markers: Vec<String>,
+}
+
+impl Leftovers {
+    pub fn new(exe: &'static str) -> Leftovers {
+        Leftovers {
+            exe,
+            markers: Vec::new(),
+        }
+    }
+
+    pub fn watch(&mut self, marker: &Path) {
+        self.markers.push(marker.display().to_string());
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for marker in &self.markers {
+            kill_tree(&processes(self.exe, marker));
+        }
+    }
+}
+
+/// SIGKILLs `roots` and every process below them, then waits up to 3 s for them to go.
+pub fn kill_tree(roots: &[i32]) {
+    let mut all = roots.to_vec();
+    all.extend(descendants(roots));
+    for pid in &all {
+        // SAFETY: kill(2) on pids the caller found by command line, or below them.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while all.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process runs (zombies do not count).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.to_string()))
+        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+}
+
+/// Every process below `roots`.
+fn descendants(roots: &[i32]) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = entries(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|p| p.file_name()?.to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(") ")?;
+            Some((pid, rest.split_whitespace().nth(1)?.parse().ok()?))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = roots.to_vec();
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid) in &parents {
+            if ppid == parent && !found.contains(&pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found
 }
 
 /// A `kB` field of a /proc file (`VmRSS:` of status, `Pss:` of smaps_rollup), in kB.

@@ -12,6 +12,7 @@ mod report;
 mod workload;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -23,7 +24,7 @@ use cairn_tests::{Cairnd, Registry, RegistryOptions};
 use clap::Parser;
 
 use containerd::Containerd;
-use host::{CgroupParent, CniNet, HugetlbMount};
+use host::{CgroupParent, CniNet, HugetlbMount, Leftovers};
 use report::{Results, CAIRN, CRUN, RUNC};
 use workload::Target;
 
@@ -70,12 +71,23 @@ const PAUSE: &str = "bench/pause:1";
 const BIG: &str = "bench/big:1";
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
     let args = Args::parse().apply_smoke();
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the benchmark and prints (and writes) the table.
+async fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
     // Dropping the benchmark's future on a signal runs every drop guard it holds.
     let results = tokio::select! {
-        r = bench(&args) => r?,
+        r = bench(args) => r?,
         sig = interrupted() => anyhow::bail!("stopped by {sig}; everything started was cleaned up"),
     };
     let text = results.text();
@@ -134,6 +146,8 @@ async fn bench(args: &Args) -> Result<Results> {
     );
     let registry = Registry::start(RegistryOptions::plain()).context("starting the registry")?;
     push_images(&registry, args.pull_mb)?;
+    // Declared before `cgroups`, so dropped after it: our cgroups in the hugetlb hierarchy
+    // are gone by the time it is unmounted.
     let _hugetlb = if args.no_crun {
         None
     } else {
@@ -151,7 +165,10 @@ async fn bench(args: &Args) -> Result<Results> {
         host::CNI_PLUGINS
     );
     eprintln!("starting cairnd and containerd");
+    // Dropped after cairnd (and before the cgroups): shims of a cairnd that died.
+    let mut cairn_shims = Leftovers::new("cairn-shim");
     let mut cairnd = Cairnd::start(&cni_toml).context("starting cairnd")?;
+    cairn_shims.watch(&cairnd.state());
     quiet(&mut cairnd)?;
     let ctrd = Containerd::start(
         &registry.host(),
@@ -181,7 +198,7 @@ async fn bench(args: &Args) -> Result<Results> {
     if let Err(e) = &outcome {
         eprintln!("containerd log tail:\n{}", ctrd.tail());
         eprintln!("cairnd log tail:\n{}", tail(&cairnd.log(), 30));
-        eprintln!("error: {e:#}");
+        eprintln!("failed: {e:#}; cleaning up");
     }
     outcome
 }
