@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::store::{SnapshotKind, SnapshotRecord, Store};
+use crate::store::{NewSnapshot, SnapshotKind, SnapshotRecord, Store};
 
 /// Bytes and inodes a directory tree uses (each hard-linked inode counted once).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -156,24 +156,32 @@ impl Snapshotter {
             )));
         }
         let usage = usage(&temp.fs())?;
+        let new = self.store.new_snapshot(key)?;
         let rec = SnapshotRecord {
             key: key.to_string(),
-            id: self.store.next_snapshot_id()?,
+            id: new.id(),
             kind: SnapshotKind::Committed,
             parent: parent.map(str::to_string),
             bytes: usage.bytes,
             inodes: usage.inodes,
             created_ns: now_ns(),
         };
-        let dest = self.snapshot_dir(&rec);
-        std::fs::rename(&temp.dir, &dest)
-            .map_err(|e| Error::io("renaming snapshot to", &dest, e))?;
+        self.place(new, &temp.dir, &rec)?;
         temp.committed = true;
-        if let Err(e) = self.store.insert_snapshot(&rec) {
+        Ok(rec)
+    }
+
+    /// Renames a complete snapshot dir to its numbered place and records it (one
+    /// transaction with the number). On failure nothing is recorded and `tmp` stays
+    /// where it was, or is gone if it was renamed already.
+    fn place(&self, new: NewSnapshot, tmp: &Path, rec: &SnapshotRecord) -> Result<()> {
+        let dest = self.snapshot_dir(rec);
+        std::fs::rename(tmp, &dest).map_err(|e| Error::io("renaming snapshot to", &dest, e))?;
+        if let Err(e) = new.commit(rec) {
             let _ = remove_tree(&dest);
             return Err(e);
         }
-        Ok(rec)
+        Ok(())
     }
 
     /// Creates a writable snapshot `key` over the committed chain ending at `parent`.
@@ -196,22 +204,20 @@ impl Snapshotter {
             let d = tmp.join(sub);
             std::fs::create_dir(&d).map_err(|e| Error::io("creating", &d, e))?;
         }
-        let rec = SnapshotRecord {
-            key: key.to_string(),
-            id: self.store.next_snapshot_id()?,
-            kind: SnapshotKind::Active,
-            parent: parent.map(str::to_string),
-            bytes: 0,
-            inodes: 0,
-            created_ns: now_ns(),
-        };
-        let dest = self.snapshot_dir(&rec);
-        if let Err(e) = std::fs::rename(&tmp, &dest) {
+        let placed = self.store.new_snapshot(key).and_then(|new| {
+            let rec = SnapshotRecord {
+                key: key.to_string(),
+                id: new.id(),
+                kind: SnapshotKind::Active,
+                parent: parent.map(str::to_string),
+                bytes: 0,
+                inodes: 0,
+                created_ns: now_ns(),
+            };
+            self.place(new, &tmp, &rec)
+        });
+        if let Err(e) = placed {
             let _ = remove_tree(&tmp);
-            return Err(Error::io("renaming snapshot to", &dest, e));
-        }
-        if let Err(e) = self.store.insert_snapshot(&rec) {
-            let _ = remove_tree(&dest);
             return Err(e);
         }
         self.mounts(key)

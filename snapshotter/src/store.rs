@@ -81,6 +81,37 @@ pub struct Store {
     db: Database,
 }
 
+/// A snapshot being recorded (see [`Store::new_snapshot`]).
+pub struct NewSnapshot {
+    tx: redb::WriteTransaction,
+    id: u64,
+}
+
+impl NewSnapshot {
+    /// The snapshot's directory number.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Records the snapshot (whose `id` must be [`NewSnapshot::id`]) and its number.
+    pub fn commit(self, rec: &SnapshotRecord) -> Result<()> {
+        if rec.id != self.id {
+            return Err(Error::Internal(format!(
+                "snapshot {}: recorded as {} but allocated {}",
+                rec.key, rec.id, self.id
+            )));
+        }
+        {
+            let mut counters = self.tx.open_table(COUNTERS)?;
+            counters.insert("snapshot", self.id)?;
+            let mut t = self.tx.open_table(SNAPSHOTS)?;
+            t.insert(rec.key.as_str(), encode(rec)?.as_slice())?;
+        }
+        self.tx.commit()?;
+        Ok(())
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::Store(format!("encode: {e}")))
 }
@@ -246,34 +277,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Allocates the next snapshot directory number.
-    pub fn next_snapshot_id(&self) -> Result<u64> {
+    /// Starts recording a new snapshot `key`: allocates its directory number and holds the
+    /// database's write lock until [`NewSnapshot::commit`], which writes the counter and
+    /// the record in one transaction (one sync). Dropping it records nothing. Fails with
+    /// AlreadyExists if the key is taken.
+    pub fn new_snapshot(&self, key: &str) -> Result<NewSnapshot> {
         let tx = self.db.begin_write()?;
         let id = {
-            let mut t = tx.open_table(COUNTERS)?;
-            let next = t.get("snapshot")?.map(|v| v.value()).unwrap_or(0) + 1;
-            t.insert("snapshot", next)?;
-            next
-        };
-        tx.commit()?;
-        Ok(id)
-    }
-
-    /// Records a snapshot; fails with AlreadyExists if the key is taken.
-    pub fn insert_snapshot(&self, rec: &SnapshotRecord) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(SNAPSHOTS)?;
-            if t.get(rec.key.as_str())?.is_some() {
+            if tx.open_table(SNAPSHOTS)?.get(key)?.is_some() {
                 return Err(Error::AlreadyExists(format!(
-                    "snapshot {} already exists",
-                    rec.key
+                    "snapshot {key} already exists"
                 )));
             }
-            t.insert(rec.key.as_str(), encode(rec)?.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
+            let counters = tx.open_table(COUNTERS)?;
+            let last = counters.get("snapshot")?.map(|v| v.value());
+            last.unwrap_or(0) + 1
+        };
+        Ok(NewSnapshot { tx, id })
     }
 
     pub fn remove_snapshot(&self, key: &str) -> Result<()> {
@@ -389,25 +409,30 @@ mod tests {
     fn snapshot_keys_are_unique_and_ids_grow() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("db")).unwrap();
-        let a = s.next_snapshot_id().unwrap();
-        let b = s.next_snapshot_id().unwrap();
-        assert!(b > a);
-        let rec = SnapshotRecord {
-            key: "k".into(),
-            id: a,
+        let rec = |key: &str, id| SnapshotRecord {
+            key: key.into(),
+            id,
             kind: SnapshotKind::Committed,
             parent: None,
             bytes: 0,
             inodes: 0,
             created_ns: 0,
         };
-        s.insert_snapshot(&rec).unwrap();
-        assert!(matches!(
-            s.insert_snapshot(&rec),
-            Err(Error::AlreadyExists(_))
-        ));
+        // Dropped: neither the number nor the key is taken.
+        let a = s.new_snapshot("k").unwrap().id();
+        let new = s.new_snapshot("k").unwrap();
+        assert_eq!(new.id(), a);
+        let k = rec("k", a);
+        new.commit(&k).unwrap();
+        assert!(matches!(s.new_snapshot("k"), Err(Error::AlreadyExists(_))));
+        let new = s.new_snapshot("l").unwrap();
+        let b = new.id();
+        assert!(b > a);
+        assert!(matches!(new.commit(&rec("l", a)), Err(Error::Internal(_))));
         drop(s);
         let s = Store::open(&dir.path().join("db")).unwrap();
-        assert_eq!(s.snapshot("k").unwrap(), Some(rec));
+        assert_eq!(s.snapshot("k").unwrap(), Some(k));
+        assert!(s.snapshot("l").unwrap().is_none());
+        assert_eq!(s.new_snapshot("l").unwrap().id(), b);
     }
 }

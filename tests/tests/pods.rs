@@ -622,3 +622,48 @@ async fn a_shim_that_died_while_cairnd_was_down_is_cleaned_up_after_restart() {
     remove_pod(&mut rt, &pod).await;
     assert_clean(&node);
 }
+
+#[tokio::test]
+async fn a_reboot_leaves_no_writable_layer_behind() {
+    let mut node = Node::new().await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "rebooted").await;
+    node.create(&mut rt, &pod, node.container_config("c", &["true"]))
+        .await
+        .unwrap();
+    let snapshots = node.d.root().join("snapshots");
+    assert_eq!(entries(&snapshots).len(), 3, "the image's 2 layers + 1");
+
+    // A reboot: nothing of the pod runs any more, and the state dir (a tmpfs, with the
+    // pod and container records) is empty; the root keeps the layers.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    node.d.stop();
+    assert!(shims_of(&node.d).is_empty());
+    for e in entries(&node.d.state()) {
+        let path = node.d.state().join(e);
+        match path.is_dir() {
+            true => std::fs::remove_dir_all(&path).unwrap(),
+            false => std::fs::remove_file(&path).unwrap(),
+        }
+    }
+    node.d.restart().unwrap();
+    let mut rt = node.rt().await;
+
+    let left = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        entries(&snapshots).len(),
+        2,
+        "only the image's layers remain: {:?}",
+        entries(&snapshots)
+    );
+}

@@ -31,6 +31,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let args = Args::parse();
     if args.print_default_config {
         print!("{DEFAULT_CONFIG}");
@@ -55,6 +56,17 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?
         .block_on(run(config))
+}
+
+/// At most two glibc malloc arenas: otherwise each thread that pulls or unpacks (tokio's
+/// workers, its blocking pool) gets an arena of its own, which glibc keeps, untrimmed,
+/// after the thread is gone. Called before any thread starts.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt with constant arguments, while the process has a single thread.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn init_tracing(level: &str) -> anyhow::Result<()> {
@@ -98,7 +110,36 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .recover()
         .await
         .map_err(|e| anyhow::anyhow!("recovering pods and containers: {}", e.message()))?;
-    cairn_shim::cri::serve(&config.socket, images, runtime, shutdown_signal()).await
+    let streaming = start_streaming(&config, runtime.clone()).await?;
+    cairn_shim::cri::serve(
+        &config.socket,
+        images,
+        runtime,
+        streaming,
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// Starts the Exec/Attach/PortForward streaming server of `[streaming]`.
+async fn start_streaming(
+    config: &Config,
+    runtime: std::sync::Arc<cairn_shim::runtime::Runtime>,
+) -> anyhow::Result<std::sync::Arc<cairn_streaming::Server>> {
+    let s = &config.streaming;
+    let addr = std::net::SocketAddr::new(s.address, s.port);
+    let server = cairn_streaming::Server::start(
+        cairn_streaming::Config {
+            addr,
+            stream_idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
+            stream_creation_timeout: std::time::Duration::from_secs(30),
+        },
+        std::sync::Arc::new(cairn_shim::runtime::StreamingRuntime(runtime)),
+    )
+    .await
+    .with_context(|| format!("starting the streaming server on {addr}"))?;
+    tracing::info!(address = %server.local_addr(), "streaming server for exec, attach and port-forward");
+    Ok(std::sync::Arc::new(server))
 }
 
 async fn shutdown_signal() {
