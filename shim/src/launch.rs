@@ -11,6 +11,15 @@
 //! `pivot_root`s, masks paths, switches user and capabilities, looks the executable up,
 //! says "ready" and blocks before `execve` until [`Created::start`] (module `child`).
 //!
+//! A spec whose user namespace has a path (a pod's, made by its shim) is joined before
+//! every other namespace. The middle child first mounts the rootfs while still in the
+//! host's user namespace, in a mount namespace of its own: the overlay's lower layers are
+//! idmapped through the pod's mappings (`mount_setattr` `MOUNT_ATTR_IDMAP`; the layers
+//! themselves are never chowned), the upper dir is the container's with its files under
+//! the mapped host ids. It takes detached copies (`open_tree`) of that rootfs and of the
+//! bind mount sources, which the container process attaches in its own mount namespace,
+//! made inside the user namespace, where the host's private dirs are out of its reach.
+//!
 //! Two close-on-exec pipes connect them. The shim writes one byte on the *start* pipe to
 //! release the process. The children write short records on the *report* pipe: the pid,
 //! "ready", or an error message; after start, end of file means `execve` succeeded (the

@@ -1,5 +1,5 @@
-//! cairnd's pod and container lifecycle: records in the metadata store, one `cairn-shim`
-//! per pod reached over ttrpc, and the CRI semantics kubelet relies on (name reuse,
+//! cairnd's pod and container lifecycle: records in a database in the state dir, one
+//! `cairn-shim` per pod reached over ttrpc, and the CRI semantics kubelet relies on (name reuse,
 //! idempotent stop/remove, exit reasons). cairnd keeps nothing in memory that it could
 //! not rebuild from the store and the shims: [`Runtime::recover`] reconnects after a
 //! restart and learns the exits that happened while it was down.
@@ -17,6 +17,10 @@
 //! A pod's CRI `runtime_handler` picks what its shim runs containers with: cairn's
 //! built-in launcher ("", "cairn"), or an OCI runtime binary from `[runtimes.<name>]`.
 
+mod streams;
+
+pub use streams::StreamingRuntime;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use cairn_proto::cri;
 use cairn_snapshotter::image::ImageService;
-use cairn_snapshotter::store::Store;
+use cairn_snapshotter::store::{SnapshotKind, Store};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim as task;
@@ -44,6 +48,8 @@ use crate::task::{overlay_to, read_exit, StatsJson, REOPEN_LOG};
 
 const PODS: &str = "pods";
 const CONTAINERS: &str = "containers";
+/// The pod and container records' database, in the state dir.
+const RECORDS_DB: &str = "runtime.redb";
 
 /// A pod as recorded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +85,10 @@ pub struct ContainerRecord {
     /// and remove it itself when the pod's shim is gone.
     #[serde(default)]
     pub cgroup_path: String,
+    /// The identity its process runs as (uid, gid, supplemental groups), as resolved
+    /// from the CRI config and the image at creation.
+    #[serde(default)]
+    pub user: Option<cri::LinuxContainerUser>,
 }
 
 fn now_ns() -> i64 {
@@ -153,6 +163,45 @@ pub struct Runtime {
     handlers: BTreeMap<String, RuntimeHandler>,
     /// Pod networking.
     cni: Cni,
+    /// Pod and container records, in [`RECORDS_DB`] in the state dir (a tmpfs on a node):
+    /// their commits cost no disk sync, and they survive a cairnd crash but not a reboot,
+    /// like the pods themselves.
+    records: Store,
+    /// Each container's OCI process as created: the template of its execs.
+    processes: std::sync::Mutex<HashMap<String, oci_spec::runtime::Process>>,
+}
+
+/// Opens the records' database. A new one (first start of this cairnd, or a reboot
+/// emptied the state dir) takes over the records that older versions kept in the image
+/// store's database.
+fn open_records(state: &Path, image_store: &Store) -> anyhow::Result<Store> {
+    let path = state.join(RECORDS_DB);
+    let fresh = !path.exists();
+    let records =
+        Store::open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    if fresh {
+        for table in [PODS, CONTAINERS] {
+            move_records(image_store, &records, table)
+                .map_err(|e| anyhow::anyhow!("moving the {table} records: {e}"))?;
+        }
+    }
+    Ok(records)
+}
+
+/// Moves every record of `table` (keyed by its `id`) from one database to the other.
+fn move_records(
+    from: &Store,
+    to: &Store,
+    table: &'static str,
+) -> Result<(), cairn_snapshotter::Error> {
+    for record in from.list_records::<serde_json::Value>(table)? {
+        let Some(id) = record.get("id").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        to.put_record(table, id, &record)?;
+        from.delete_record(table, id)?;
+    }
+    Ok(())
 }
 
 impl Runtime {
@@ -171,6 +220,7 @@ impl Runtime {
         for d in ["pods", "containers"] {
             std::fs::create_dir_all(state.join(d))?;
         }
+        let records = open_records(state, images.metadata())?;
         let (events, _) = broadcast::channel(256);
         Ok(Arc::new(Runtime {
             images,
@@ -183,11 +233,13 @@ impl Runtime {
             monitored: std::sync::Mutex::new(HashSet::new()),
             handlers,
             cni: Cni::new(cni),
+            records,
+            processes: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
     fn store(&self) -> &Store {
-        self.images.metadata()
+        &self.records
     }
 
     pub fn pods(&self) -> Result<Vec<PodRecord>, Status> {
@@ -297,6 +349,10 @@ impl Runtime {
                 "RunPodSandbox: metadata.name and metadata.namespace are required",
             ));
         }
+        spec::validate_sandbox(&config).map_err(|e| match e {
+            spec::SpecError::InvalidArgument(m) => Status::invalid_argument(m),
+            other => internal(other),
+        })?;
         self.oci_runtime(&handler)?;
         let guard = self.lock.lock().await;
         if let Some(other) = self.pods()?.into_iter().find(|p| {
@@ -334,7 +390,8 @@ impl Runtime {
                 Ok(id)
             }
             Err(e) => {
-                if !is_host_network(&pod.config) {
+                // A failed ADD undid itself; a record left means its undo failed too.
+                if !is_host_network(&pod.config) && self.cni.recorded(&id) {
                     if let Ok(n) = pod_network(&pod) {
                         if let Err(e) = self.cni.del(&n).await {
                             tracing::warn!(pod = %id, error = %e, "detaching a pod that failed to start");
@@ -356,6 +413,14 @@ impl Runtime {
     async fn start_pod(&self, pod: &mut PodRecord) -> Result<(), Status> {
         // Fails before anything is made.
         let networked = self.network_wanted(pod)?;
+        let userns = spec::requested_userns(&pod.config);
+        if userns.is_some() && self.oci_runtime(&pod.runtime_handler)?.is_some() {
+            return Err(Status::invalid_argument(format!(
+                "pod sandbox {}: user namespaces need cairn's built-in launcher (idmapped \
+                 rootfs); runtime handler {:?} runs an external OCI runtime",
+                pod.id, pod.runtime_handler
+            )));
+        }
         std::fs::create_dir_all(&pod.dir).map_err(internal)?;
         let hostname = pod_hostname(&pod.config);
         write_pod_files(&pod.dir, &pod.config, &hostname).map_err(internal)?;
@@ -372,6 +437,15 @@ impl Runtime {
         if namespace_mode(&pod.config, |o| o.pid) == cri::NamespaceMode::Pod {
             cmd.arg("--share-pid");
         }
+        if let Some(u) = userns {
+            // The shim's format: `container:host:length`, as in /proc/<pid>/uid_map.
+            for (flag, maps) in [("--uid-map", &u.uids), ("--gid-map", &u.gids)] {
+                for m in maps {
+                    cmd.arg(flag)
+                        .arg(format!("{}:{}:{}", m.container_id, m.host_id, m.length));
+                }
+            }
+        }
         if let Some(binary) = self.oci_runtime(&pod.runtime_handler)? {
             cmd.arg("--oci-runtime").arg(binary);
         }
@@ -380,14 +454,9 @@ impl Runtime {
             .stdout(std::process::Stdio::piped())
             .stderr(log)
             .kill_on_drop(false);
-        // SAFETY: setsid is async-signal-safe; the shim gets a session of its own so that
-        // signals to cairnd's process group never reach it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
+        // The shim calls setsid first thing (a session of its own, so that signals to
+        // cairnd's process group never reach it): with no pre_exec hook here, std starts
+        // it with posix_spawn (vfork) instead of a fork of cairnd.
         let mut child = cmd
             .spawn()
             .map_err(|e| internal(format!("starting {}: {e}", self.shim_bin.display())))?;
@@ -509,8 +578,10 @@ impl Runtime {
         {
             self.stop_container(&c.id, 0).await?;
         }
-        // While the shim still holds the namespace; an error makes kubelet retry.
-        if !is_host_network(&pod.config) {
+        // While the shim still holds the namespace; an error makes kubelet retry. A pod
+        // stopped before (or whose shim died) was detached then, unless that DEL failed
+        // and left its record; a ready pod is detached even without a record.
+        if !is_host_network(&pod.config) && (pod.ready || self.cni.recorded(&pod.id)) {
             self.cni.del(&pod_network(&pod)?).await?;
         }
         self.teardown_pod(&pod).await;
@@ -613,7 +684,7 @@ impl Runtime {
             let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
         }
         // Detached while the namespace's mount may still hold it (DEL copes without).
-        if self.cni.result(&pod.id).is_some() {
+        if self.cni.recorded(&pod.id) {
             match pod_network(&pod) {
                 Ok(n) => {
                     if let Err(e) = self.cni.del(&n).await {
@@ -800,6 +871,7 @@ impl Runtime {
             pid: 0,
             stop_signal: spec::stop_signal(&image.config).unwrap_or(libc::SIGTERM),
             cgroup_path: spec::cgroup_path(&pod_context(&pod).cgroup_parent, &id),
+            user: None,
         };
         self.save_container(&rec)?;
         drop(guard);
@@ -838,12 +910,41 @@ impl Runtime {
             rootfs: bundle.join("rootfs"),
             cgroup_path: rec.cgroup_path.clone(),
         };
-        let oci = spec::build_spec(&pod_ctx, &cctx).map_err(|e| match e {
+        let mut oci = spec::build_spec(&pod_ctx, &cctx).map_err(|e| match e {
             spec::SpecError::NotFound(m) => Status::not_found(m),
             spec::SpecError::InvalidArgument(m) => Status::invalid_argument(m),
             other => internal(other),
         })?;
+        if let Some(u) = oci.process().as_ref().map(|p| p.user()) {
+            rec.user = Some(cri::LinuxContainerUser {
+                uid: i64::from(u.uid()),
+                gid: i64::from(u.gid()),
+                supplemental_groups: u
+                    .additional_gids()
+                    .iter()
+                    .flatten()
+                    .map(|g| i64::from(*g))
+                    .collect(),
+            });
+        }
+        if rec.config.stdin_once {
+            let mut annotations = oci.annotations().clone().unwrap_or_default();
+            annotations.insert(crate::stdio::STDIN_ONCE.into(), "true".into());
+            oci.set_annotations(Some(annotations));
+        }
+        if let Some(target) = spec::pid_target(&rec.config) {
+            // pid TARGET: the namespace of a running container of the same pod.
+            let t = self.container(target)?;
+            if t.pod_id != pod.id || t.state != cri::ContainerState::ContainerRunning as i32 {
+                return Err(Status::invalid_argument(format!(
+                    "container {}: pid namespace target {target} is not a running container of pod {}",
+                    rec.id, pod.id
+                )));
+            }
+            spec::set_pid_namespace(&mut oci, format!("/proc/{}/ns/pid", t.pid).into());
+        }
         oci.save(bundle.join("config.json")).map_err(internal)?;
+        self.remember_process(&rec.id, &oci);
         let client = self.shim(pod).await?;
         let resp = client
             .create(
@@ -853,6 +954,12 @@ impl Runtime {
                     bundle: bundle.display().to_string(),
                     rootfs: vec![overlay_to(&overlay)],
                     terminal: rec.config.tty,
+                    // cairn's convention: any value keeps the container's stdin open.
+                    stdin: if rec.config.stdin {
+                        "open".into()
+                    } else {
+                        String::new()
+                    },
                     stdout: rec.log_path.clone(),
                     ..Default::default()
                 },
@@ -903,6 +1010,7 @@ impl Runtime {
             tracing::warn!(container = %rec.id, error = %e, "removing writable layer");
         }
         let _ = std::fs::remove_dir_all(&bundle);
+        self.forget_process(&rec.id);
         let _ = self.store().delete_record(CONTAINERS, &rec.id);
     }
 
@@ -1114,11 +1222,7 @@ impl Runtime {
         let pod = self.pod(&rec.pod_id)?;
         let client = self.shim(&pod).await?;
         let bundle = self.state.join("containers").join(&rec.id);
-        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(internal)?;
-        let mut process = spec
-            .process()
-            .clone()
-            .ok_or_else(|| internal("spec has no process"))?;
+        let mut process = self.process_template(&rec.id, &bundle)?;
         process.set_args(Some(cmd));
         process.set_terminal(Some(false));
         let exec_id = new_id()[..16].to_string();
@@ -1137,6 +1241,48 @@ impl Runtime {
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_file(&err);
         Ok((stdout, stderr, result?))
+    }
+
+    /// Keeps the container's process as the template of its execs.
+    fn remember_process(&self, id: &str, oci: &oci_spec::runtime::Spec) {
+        if let Some(process) = oci.process() {
+            self.processes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_string(), process.clone());
+        }
+    }
+
+    fn forget_process(&self, id: &str) {
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// The template of a container's execs: its process as created, from memory (or from
+    /// its bundle's config.json for a container created before a restart).
+    fn process_template(
+        &self,
+        id: &str,
+        bundle: &Path,
+    ) -> Result<oci_spec::runtime::Process, Status> {
+        let known = self
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(process) = known {
+            return Ok(process);
+        }
+        let path = bundle.join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&path)
+            .map_err(|e| internal(format!("container {id}: {}: {e}", path.display())))?;
+        self.remember_process(id, &spec);
+        spec.process()
+            .clone()
+            .ok_or_else(|| internal(format!("container {id}: its spec has no process")))
     }
 
     pub async fn update_resources(
@@ -1220,7 +1366,10 @@ impl Runtime {
     /// After a restart: reconnect to every pod's shim, resume watching running
     /// containers and the shims themselves, and record what ended while cairnd was down
     /// (a pod whose shim died meanwhile is cleaned up as [`Runtime::shim_lost`] says).
+    /// The running pods' networks are then CHECKed in the background. Writable layers
+    /// that no container record names any more (after a reboot) are removed.
     pub async fn recover(self: &Arc<Self>) -> Result<(), Status> {
+        let mut attached = Vec::new();
         for pod in self.pods()? {
             if !pod.ready {
                 continue;
@@ -1243,7 +1392,12 @@ impl Runtime {
                 self.watch(pod.id.clone(), c.id.clone(), client.clone());
             }
             self.monitor_shim(&pod);
+            if !is_host_network(&pod.config) && self.cni.recorded(&pod.id) {
+                attached.push(pod);
+            }
         }
+        self.check_networks(attached);
+        self.remove_orphan_layers()?;
         // Containers whose record exists but whose pod is gone are removed.
         let pods: Vec<String> = self.pods()?.into_iter().map(|p| p.id).collect();
         for c in self.containers()? {
@@ -1252,6 +1406,64 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Removes the writable layers (active snapshots, keyed by container ID) of containers
+    /// that have no record, with their bundles: what a reboot leaves, since it empties the
+    /// state dir with the records but not the root with the layers.
+    fn remove_orphan_layers(&self) -> Result<(), Status> {
+        let known: HashSet<String> = self.containers()?.into_iter().map(|c| c.id).collect();
+        let snapshots = self.images.snapshotter();
+        let orphans = snapshots
+            .list()
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|s| s.kind == SnapshotKind::Active && !known.contains(&s.key));
+        for s in orphans {
+            tracing::info!(container = %s.key, "removing a writable layer no record names");
+            let bundle = self.state.join("containers").join(&s.key);
+            let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+            if let Err(e) = snapshots.remove(&s.key) {
+                tracing::warn!(container = %s.key, error = %e, "removing writable layer");
+            }
+            let _ = std::fs::remove_dir_all(&bundle);
+        }
+        Ok(())
+    }
+
+    /// CNI CHECK for pods found running after a restart (what cairnd could not watch
+    /// while it was down), one pod at a time in the background. A failure is logged and
+    /// nothing more: the pod keeps running, and kubelet's probes judge whether it works.
+    fn check_networks(self: &Arc<Self>, pods: Vec<PodRecord>) {
+        if pods.is_empty() {
+            return;
+        }
+        let rt = self.clone();
+        tokio::spawn(async move {
+            for pod in pods {
+                let result = match pod_network(&pod) {
+                    Ok(net) => rt.cni.check(&net).await,
+                    Err(e) => Err(cni::CniError::InvalidArgument(e.message().to_string())),
+                };
+                match result {
+                    Ok(networks) if networks.is_empty() => {}
+                    Ok(networks) => {
+                        tracing::info!(pod = %pod.id, "CNI CHECK passed on {}", networks.join(", "))
+                    }
+                    // Stopped meanwhile.
+                    Err(cni::CniError::NotAttached(_)) => {}
+                    Err(e) => {
+                        let note = e.known_bug().map(|n| format!(" (likely {n})"));
+                        tracing::warn!(
+                            pod = %pod.id,
+                            error = %e,
+                            "CNI CHECK failed after a restart{}; the pod keeps running",
+                            note.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -1447,6 +1659,11 @@ pub fn pod_context(pod: &PodRecord) -> PodContext {
         shm: (!host_ipc).then(|| podns::shm_path(&pod.dir)),
         cgroup_parent: linux.cgroup_parent.clone(),
         sysctls: linux.sysctls.clone(),
+        userns: spec::requested_userns(&pod.config).map(|u| spec::PodUserns {
+            path: podns::ns_path(&pod.dir, "user"),
+            uids: u.uids.clone(),
+            gids: u.gids.clone(),
+        }),
     }
 }
 

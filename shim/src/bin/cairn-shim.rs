@@ -3,7 +3,8 @@
 //! shim v2 Task API over ttrpc on `<pod dir>/shim.sock` for cairnd.
 //!
 //! Usage: `cairn-shim <pod id> <pod dir> <hostname> [--host-network] [--host-ipc]
-//! [--share-pid] [--oci-runtime PATH]`.
+//! [--share-pid] [--uid-map C:H:L]... [--gid-map C:H:L]... [--oci-runtime PATH]`; with
+//! id maps (container id, host id, length) the pod gets a user namespace.
 //! It prints `ready <pid>` on stdout once it serves, then closes stdout.
 
 use std::io::Write;
@@ -38,13 +39,23 @@ fn parse() -> Result<Args, String> {
             "--host-network" => ns.host_network = true,
             "--host-ipc" => ns.host_ipc = true,
             "--share-pid" => ns.share_pid = true,
+            "--uid-map" | "--gid-map" => {
+                let value = args.next().ok_or_else(|| format!("{a} needs C:H:L"))?;
+                let map = podns::IdMap::parse(&value).map_err(|e| format!("{a}: {e}"))?;
+                let userns = ns.userns.get_or_insert_with(Default::default);
+                if a == "--uid-map" {
+                    userns.uids.push(map);
+                } else {
+                    userns.gids.push(map);
+                }
+            }
             s if s.starts_with("--") => return Err(format!("unknown flag {s}")),
             _ => positional.push(a),
         }
     }
     let [pod_id, dir, hostname]: [String; 3] = positional.try_into().map_err(|_| {
         "usage: cairn-shim <pod id> <pod dir> <hostname> [--host-network] [--host-ipc] \
-         [--share-pid] [--oci-runtime PATH]"
+         [--share-pid] [--uid-map C:H:L]... [--gid-map C:H:L]... [--oci-runtime PATH]"
             .to_string()
     })?;
     ns.hostname = hostname;
@@ -57,6 +68,17 @@ fn parse() -> Result<Args, String> {
 }
 
 fn main() {
+    // A session of its own, so that signals to cairnd's process group never reach the
+    // pod (cairnd spawns us without a pre_exec hook, hence with vfork, not fork).
+    // SAFETY: setsid takes no arguments; it fails only if we already lead a group.
+    unsafe { libc::setsid() };
+    // One malloc arena for all threads: the shim's few allocations need no more, and each
+    // extra arena costs memory in every pod.
+    // SAFETY: mallopt with constant arguments, while the process has a single thread.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     if let Err(e) = run() {
         eprintln!("cairn-shim: {e}");
         std::process::exit(1);
@@ -74,9 +96,10 @@ fn run() -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
+    // A fixed level: EnvFilter's directive parser would bring its regex engine along.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_max_level(tracing::Level::INFO)
         .init();
     let socket = args.dir.join("shim.sock");
     let _ = std::fs::remove_file(&socket);
@@ -86,7 +109,12 @@ fn run() -> Result<(), String> {
         root: args.dir.join("oci"),
     });
     let service = TaskService::new(&args.dir, stop_tx, oci);
+    // cairnd keeps one connection per pod: two idle handler threads (ttrpc's default is
+    // three), more only while calls such as Wait block.
     let mut server = Server::new()
+        .set_thread_count_min(1)
+        .set_thread_count_default(2)
+        .set_thread_count_max(3)
         .bind(&format!("unix://{}", socket.display()))
         .map_err(|e| format!("binding {}: {e}", socket.display()))?
         .register_service(create_task(Arc::new(service)));

@@ -1,8 +1,9 @@
 //! The code that runs in the forked children, between `fork` and `execve`.
 //!
-//! The middle child joins the cgroups and the namespaces, creates the new ones and forks
-//! the container process; the container process (the grandchild) sets up its mount
-//! namespace and root, switches user and capabilities, reports "ready" and blocks until
+//! The middle child joins the cgroups and the namespaces (the user namespace first, after
+//! mounting the rootfs with idmapped layers while still in the host's), creates the new
+//! ones and forks the container process; the container process (the grandchild) sets up
+//! its mount namespace and root, switches user and capabilities, reports "ready" and blocks until
 //! the shim says start, then execs. Nothing here logs or takes a lock: failures travel to
 //! the shim as short messages over the report pipe (see [`send`]), then the child `_exit`s.
 

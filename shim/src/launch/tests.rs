@@ -803,6 +803,107 @@ fn overlay_rootfs_writes_to_upper() {
     fx.assert_no_mounts();
 }
 
+/// A user namespace of its own, held by a `sleep` in it, mapping container ids 0..65536 to
+/// host ids 100000..165536; the holder is killed and reaped on drop.
+struct UserNs(std::process::Child);
+
+impl UserNs {
+    const MAP: &'static str = "0 100000 65536\n";
+
+    fn new() -> UserNs {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("/bin/busybox");
+        cmd.args(["sleep", "60"]);
+        // SAFETY: unshare is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| match libc::unshare(libc::CLONE_NEWUSER) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        let holder = UserNs(cmd.spawn().unwrap());
+        for file in ["uid_map", "gid_map"] {
+            fs::write(format!("/proc/{}/{file}", holder.0.id()), Self::MAP).unwrap();
+        }
+        holder
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/user", self.0.id()))
+    }
+}
+
+impl Drop for UserNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn id_mappings() -> Vec<oci_spec::runtime::LinuxIdMapping> {
+    vec![oci_spec::runtime::LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(100000u32)
+        .size(65536u32)
+        .build()
+        .unwrap()]
+}
+
+#[test]
+fn joins_a_user_namespace_over_idmapped_layers() {
+    use LinuxNamespaceType::*;
+    let fx = Fixture::new();
+    let userns = UserNs::new();
+    let (upper, work, merged) = (fx.path("upper"), fx.path("work"), fx.path("merged"));
+    for d in [&upper, &work, &merged] {
+        fs::create_dir(d).unwrap();
+    }
+    let overlay = OverlayMount {
+        lowers: vec![fx.root.clone()],
+        upper: Some((upper.clone(), work.clone())),
+    };
+    let script = "id -u; cat /proc/self/uid_map; ls -ln /bin/busybox; \
+                  echo data > /written; ls -ln /written";
+    let mut spec = test_spec(&merged, &["sh", "-c", script]);
+    let mut ns = vec![LinuxNamespaceBuilder::default()
+        .typ(User)
+        .path(userns.path())
+        .build()
+        .unwrap()];
+    ns.extend(namespaces(&[Pid, Ipc, Uts, Network, Mount, Cgroup]));
+    let linux = spec.linux_mut().as_mut().unwrap();
+    linux
+        .set_namespaces(Some(ns))
+        .set_uid_mappings(Some(id_mappings()))
+        .set_gid_mappings(Some(id_mappings()));
+    let out = run_with(&spec, Some(&overlay), Vec::new());
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["0"], "{out:?}");
+    assert_eq!(lines[1], ["0", "100000", "65536"], "{out:?}");
+    // The layer's root-owned files show as root's inside; what the container's root
+    // writes lands in the upper dir under host uid 100000, the upper dir too.
+    assert_eq!((lines[2][2], lines[2][3]), ("0", "0"), "{out:?}");
+    assert_eq!((lines[3][2], lines[3][3]), ("0", "0"), "{out:?}");
+    let written = fs::metadata(upper.join("written")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (100000, 100000));
+    assert_eq!(fs::metadata(&upper).unwrap().uid(), 100000);
+    assert_eq!(fs::metadata(fx.root.join("bin/busybox")).unwrap().uid(), 0);
+    assert_eq!(fs::read_dir(&merged).unwrap().count(), 0);
+    fx.assert_no_mounts();
+
+    // A user namespace needs mappings that map container id 0.
+    let linux = spec.linux_mut().as_mut().unwrap();
+    linux.set_uid_mappings(None);
+    let err = create_err(&spec);
+    assert!(matches!(err, LaunchError::InvalidSpec(_)), "{err}");
+    assert!(err.to_string().contains("uidMappings"), "{err}");
+}
+
 struct RmdirOnDrop(PathBuf);
 
 impl Drop for RmdirOnDrop {
