@@ -237,11 +237,13 @@ impl Layout {
         }
     }
 
-    /// Every distinct hierarchy root: one per v1 mount, or the v2 root.
+    /// Every distinct hierarchy root: one per v1 mount plus the hybrid layout's cgroup2
+    /// mount (where device programs are attached), or the v2 root.
     fn hierarchy_roots(&self) -> Vec<PathBuf> {
         match self {
-            Layout::V1 { mounts, .. } => mounts
+            Layout::V1 { mounts, unified } => mounts
                 .values()
+                .chain(unified.iter())
                 .cloned()
                 .collect::<BTreeSet<_>>()
                 .into_iter()
@@ -376,17 +378,33 @@ impl Cgroup {
         }
     }
 
+    /// The cgroup's directory in the cgroup2 hierarchy, where the kernel runs the device
+    /// programs of [`crate::devfilter`]: the v2 dir, or on a hybrid layout the dir in its
+    /// (controller-less) cgroup2 mount. None on v1 without a cgroup2 mount.
+    pub fn device_dir(&self) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::V2 { root } => Some(root.join(&self.path)),
+            Layout::V1 { unified, .. } => unified.as_ref().map(|u| u.join(&self.path)),
+        }
+    }
+
     /// True when the cgroup directory exists in at least one hierarchy.
     pub fn exists(&self) -> bool {
         self.dirs().iter().any(|d| d.is_dir())
     }
 
-    /// The cgroup's directory in every hierarchy.
+    /// The cgroup's directory in every hierarchy. The hybrid layout's cgroup2 dir is left
+    /// out when it could not be created (see [`Cgroup::create`]).
     fn dirs(&self) -> Vec<PathBuf> {
+        let hybrid_dir = match &self.layout {
+            Layout::V1 { unified, .. } => unified.as_ref().map(|u| u.join(&self.path)),
+            Layout::V2 { .. } => None,
+        };
         self.layout
             .hierarchy_roots()
             .into_iter()
             .map(|root| root.join(&self.path))
+            .filter(|dir| hybrid_dir.as_ref() != Some(dir) || dir.is_dir())
             .collect()
     }
 
@@ -417,14 +435,21 @@ impl Cgroup {
     /// Creates the cgroup (and its missing ancestors) in every hierarchy. On v1 an empty
     /// `cpuset.cpus`/`cpuset.mems` is filled from the parent at every level; on v2 the
     /// controllers cairn uses are enabled in `cgroup.subtree_control` of each ancestor
-    /// where they are available (the rest are skipped).
+    /// where they are available (the rest are skipped). On a hybrid layout the cgroup is
+    /// made in the cgroup2 mount too, for device programs; failing that is only logged.
     pub fn create(&self) -> Result<()> {
         match &self.layout {
-            Layout::V1 { mounts, .. } => {
+            Layout::V1 { mounts, unified } => {
                 let cpuset_root = mounts.get("cpuset");
                 for root in self.layout.hierarchy_roots() {
                     let is_cpuset = cpuset_root == Some(&root);
-                    self.create_v1_in(&root, is_cpuset)?;
+                    let created = self.create_v1_in(&root, is_cpuset);
+                    match created {
+                        Err(err) if unified.as_ref() == Some(&root) => {
+                            tracing::warn!(cgroup = %self.name, %err, "cannot create the cgroup in the hybrid cgroup2 hierarchy; no device program for it");
+                        }
+                        other => other?,
+                    }
                 }
                 Ok(())
             }
@@ -1558,7 +1583,8 @@ mod tests {
             Some(Path::new("/sys/fs/cgroup/cpu"))
         );
         assert_eq!(layout.v1_mount("hugetlb"), None);
-        assert_eq!(layout.hierarchy_roots().len(), 9);
+        // Nine v1 hierarchies and the cgroup2 one.
+        assert_eq!(layout.hierarchy_roots().len(), 10);
     }
 
     #[test]
@@ -2028,6 +2054,14 @@ mod tests {
         assert!(cg.exists());
         for dir in cg.dirs() {
             assert!(dir.is_dir(), "{} not created", dir.display());
+        }
+        if let Some(dir) = cg.device_dir() {
+            assert!(
+                dir.is_dir(),
+                "{} (hybrid cgroup2) not created",
+                dir.display()
+            );
+            assert!(cg.procs_files().contains(&dir.join("cgroup.procs")));
         }
         let file = |controller: &str, name: &str| cg.controller_dir(controller).unwrap().join(name);
         let read = |controller: &str, name: &str| read_trimmed(&file(controller, name));

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod cri;
 pub mod crilog;
+pub mod devfilter;
 pub mod launch;
 pub mod podns;
 pub mod runtime;

@@ -232,6 +232,23 @@ fn host_disk() -> Option<(u32, u32)> {
     })
 }
 
+/// The container's directory in the cgroup2 hierarchy (pure v2, or the hybrid layout's
+/// controller-less mount), where cairn attaches its device program; None on a node with
+/// no cgroup2 hierarchy.
+fn device_cgroup_dir(node: &Node, id: &str) -> Option<PathBuf> {
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| cairn_shim::devfilter::is_cgroup2(p))?;
+    Some(root.join(node.cgroups.0.trim_start_matches('/')).join(id))
+}
+
+/// The device programs attached to the container's cgroup2 directory.
+fn device_programs(node: &Node, id: &str) -> Option<Vec<u32>> {
+    let dir = device_cgroup_dir(node, id)?;
+    Some(cairn_shim::devfilter::attached(&dir).unwrap_or_else(|e| panic!("{e}")))
+}
+
 #[tokio::test]
 async fn a_default_container_cannot_escape() {
     let node = security_node("escape").await;
@@ -326,7 +343,11 @@ async fn a_default_container_cannot_escape() {
     let (_, keys) = sh(&mut rt, &id, "cat /proc/keys /proc/timer_list 2>&1 | wc -c").await;
     assert_eq!(keys.trim(), "0", "masked paths are empty");
 
-    // Devices: any node may be made (CAP_MKNOD), but not opened unless allowed.
+    // Devices: any node may be made (CAP_MKNOD), but not opened unless allowed. On the
+    // cgroup2 hierarchy a device program guards the container's cgroup.
+    if let Some(progs) = device_programs(&node, &id) {
+        assert_eq!(progs.len(), 1, "device programs of {id}: {progs:?}");
+    }
     if let Some((major, minor)) = host_disk() {
         let script = format!("mknod /tmp/disk b {major} {minor} && head -c 1 /tmp/disk");
         must_fail(&mut rt, &id, &script, "Operation not permitted").await;
@@ -503,6 +524,12 @@ async fn privileges_follow_the_security_context() {
     assert!(sys.contains(" rw,"), "{sys}");
     let (_, masked) = sh(&mut rt, &id, "grep -c ' /proc/timer_list ' /proc/mounts").await;
     assert_eq!(masked.trim(), "0");
+    if let Some(progs) = device_programs(&node, &id) {
+        assert!(
+            progs.is_empty(),
+            "a privileged container's devices are not filtered"
+        );
+    }
 
     // Unconfined: the same calls reach the kernel, which answers for itself.
     let mut c = node.container_config("unconfined", &sleep);

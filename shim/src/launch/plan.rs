@@ -3,7 +3,8 @@
 //! every option parsed, the seccomp profile compiled to BPF. The forked children then only
 //! read the plan and make system calls, and most spec mistakes are reported by `create()`
 //! itself, naming the offending field. The one host-side action here: the spec's device
-//! rules are written into the container's cgroup v1 `devices` hierarchy.
+//! rules are written into the container's cgroup v1 `devices` hierarchy and, where the
+//! container has a cgroup2 directory, attached to it as a device program.
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
@@ -556,12 +557,13 @@ fn cgroup_plan(dirs: &[PathBuf]) -> Result<Vec<CgroupJoin>, LaunchError> {
         .collect()
 }
 
-/// Writes the spec's device rules (`linux.resources.devices`) into the container's cgroup v1
-/// `devices` hierarchy, on the host, before the process joins it: with CAP_MKNOD a container
-/// may create any node, and these rules decide which ones it may open. The first rule denies
-/// everything ("a"), the others are written in order.
-///
-/// TODO: cgroup v2 needs a BPF_PROG_TYPE_CGROUP_DEVICE program attached to the cgroup.
+/// Installs the spec's device rules (`linux.resources.devices`) on the host, before the
+/// process joins its cgroups: with CAP_MKNOD a container may create any node, and these
+/// rules decide which ones it may open. On cgroup v1 they are written, in order, into the
+/// container's `devices` hierarchy (the first rule denies everything, "a"). Wherever one
+/// of the cgroups is in a cgroup2 hierarchy (pure v2, or the hybrid layout's), the rules
+/// are also compiled to a device program attached to that cgroup (see
+/// [`crate::devfilter`]); rules that allow everything attach nothing.
 fn apply_device_rules(cgroups: &[CgroupJoin], linux: Option<&Linux>) -> Result<(), LaunchError> {
     let Some(rules) = linux
         .and_then(|l| l.resources().as_ref())
@@ -570,13 +572,28 @@ fn apply_device_rules(cgroups: &[CgroupJoin], linux: Option<&Linux>) -> Result<(
     else {
         return Ok(());
     };
-    let Some(dir) = cgroups
-        .iter()
-        .filter_map(|c| c.path.parent())
-        .find(|d| d.join("devices.allow").exists())
-    else {
-        return Ok(());
-    };
+    let dirs: Vec<&Path> = cgroups.iter().filter_map(|c| c.path.parent()).collect();
+    if let Some(dir) = dirs.iter().find(|d| d.join("devices.allow").exists()) {
+        write_v1_device_rules(dir, rules)?;
+    }
+    for dir in dirs.iter().filter(|d| crate::devfilter::is_cgroup2(d)) {
+        crate::devfilter::install(dir, rules).map_err(|e| match e {
+            crate::devfilter::DevFilterError::InvalidRule { .. } => {
+                invalid(format!("linux.resources.devices: {e}"))
+            }
+            crate::devfilter::DevFilterError::Io { context, source } => {
+                LaunchError::Io { context, source }
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes device rules into a cgroup v1 `devices` directory.
+fn write_v1_device_rules(
+    dir: &Path,
+    rules: &[oci_spec::runtime::LinuxDeviceCgroup],
+) -> Result<(), LaunchError> {
     for rule in rules {
         let file = if rule.allow() {
             "devices.allow"

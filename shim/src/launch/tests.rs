@@ -1301,3 +1301,92 @@ fn read_only_sysfs_stays_per_container() {
     drop(pod);
     fx.assert_no_mounts();
 }
+
+/// The cgroup2 hierarchy of this machine: the root on pure v2, the hybrid layout's
+/// controller-less mount otherwise.
+fn cgroup2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| crate::devfilter::is_cgroup2(p))
+}
+
+/// On the cgroup2 hierarchy the device rules become a device program attached to the
+/// container's cgroup before it joins: here only that program guards the devices (no v1
+/// `devices` cgroup is given), and it denies reading /dev/null while writing it, reading
+/// /dev/zero and mknod stay allowed.
+#[test]
+fn device_program_limits_what_nodes_open_on_cgroup2() {
+    use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
+    let Some(root) = cgroup2_root() else {
+        eprintln!("no cgroup2 hierarchy: skipped");
+        return;
+    };
+    let fx = Fixture::new();
+    let dir = root.join(format!("cairn-launch-bpf-test-{}", std::process::id()));
+    fs::create_dir(&dir).unwrap();
+    let _rmdir = RmdirOnDrop(dir.clone());
+    let mut spec = fx.spec(&[
+        "sh",
+        "-c",
+        "cat /dev/null; echo null_read=$?; echo x > /dev/null; echo null_write=$?; \
+         mknod /tmp/mem c 1 1; echo mknod=$?; cat /tmp/mem; echo mem=$?; \
+         head -c 3 /dev/zero | wc -c",
+    ]);
+    let mut rules = crate::spec::default_device_rules();
+    rules.push(
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .typ(LinuxDeviceType::C)
+            .major(1)
+            .minor(3)
+            .access("r")
+            .build()
+            .unwrap(),
+    );
+    let mut resources = oci_spec::runtime::LinuxResources::default();
+    resources.set_devices(Some(rules));
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_resources(Some(resources));
+    let out = run_with(&spec, None, vec![dir.clone()]);
+    assert_eq!(crate::devfilter::attached(&dir).unwrap().len(), 1);
+    for want in ["null_read=1", "null_write=0", "mknod=0", "mem=1"] {
+        assert!(out.stdout.contains(want), "{want}: {out:?}");
+    }
+    assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
+    assert!(out.stdout.trim_end().ends_with('3'), "/dev/zero: {out:?}");
+    fx.assert_no_mounts();
+}
+
+/// A privileged container's rules allow everything: no program is attached.
+#[test]
+fn allow_all_device_rules_attach_no_program() {
+    use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
+    let Some(root) = cgroup2_root() else {
+        eprintln!("no cgroup2 hierarchy: skipped");
+        return;
+    };
+    let fx = Fixture::new();
+    let dir = root.join(format!("cairn-launch-bpf-all-{}", std::process::id()));
+    fs::create_dir(&dir).unwrap();
+    let _rmdir = RmdirOnDrop(dir.clone());
+    let mut spec = fx.spec(&["cat", "/dev/null"]);
+    let all = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(LinuxDeviceType::A)
+        .access("rwm")
+        .build()
+        .unwrap();
+    let mut resources = oci_spec::runtime::LinuxResources::default();
+    resources.set_devices(Some(vec![all]));
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_resources(Some(resources));
+    let out = run_with(&spec, None, vec![dir.clone()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(crate::devfilter::attached(&dir).unwrap().is_empty());
+    fx.assert_no_mounts();
+}
