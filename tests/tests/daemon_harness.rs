@@ -112,9 +112,8 @@ async fn grpc_channel_connects_over_the_socket() {
     assert!(!matches!(answer, Ok(Ok(_))));
 }
 
-/// Smoke test of the real daemon: `cargo build -p cairn-shim --bins` first.
+/// Smoke test of the real daemon (the README test command builds it first).
 #[tokio::test]
-#[ignore = "needs target/debug/cairnd (cargo build -p cairn-shim --bins)"]
 async fn real_cairnd_answers_version() {
     let d = Cairnd::start("").unwrap();
     let mut client = d.runtime_client().await.unwrap();
