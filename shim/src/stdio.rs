@@ -4,15 +4,19 @@
 //! execs.
 //!
 //! cairnd makes the FIFOs and opens its ends first (the read side of outputs without
-//! blocking, stdin read-write), so the shim's opens never block. Closing its end is how
-//! cairnd detaches: a write to a gone client's output fails with EPIPE and drops it, end
-//! of file on an attach's stdin ends that attach's input (and the container's stdin with
-//! `stdin_once`).
+//! blocking, stdin read-write). The shim opens its ends without blocking too, so a client
+//! that left (cairnd closed its ends) is an error, never a hung thread. Closing its end is
+//! how cairnd detaches: a write to a gone client's output fails with EPIPE and drops it,
+//! end of file on an attach's stdin ends that attach's input (and the container's stdin
+//! with `stdin_once`). The container never waits long on a client: an attached output that
+//! stays full for [`SLOW_CLIENT`] is dropped.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +28,9 @@ pub const ATTACH: &str = "io.cairn.attach";
 
 /// OCI spec annotation: the container's stdin closes after the first attach ends.
 pub const STDIN_ONCE: &str = "io.cairn.stdin-once";
+
+/// How long an attached client's output may stay full before the client is dropped.
+pub const SLOW_CLIENT: Duration = Duration::from_millis(250);
 
 /// The FIFOs of one attach; an empty path leaves that stream out.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,7 +58,8 @@ struct TeeState {
 }
 
 impl Tee {
-    /// Adds a client's output; it gets what the container writes from now on.
+    /// Adds a client's output (opened non-blocking, see [`open_writer`]); it gets what
+    /// the container writes from now on.
     pub fn add(&self, stream: Stream, sink: File) {
         let mut state = lock(&self.state);
         if !state.ended.contains(&stream) {
@@ -64,12 +72,13 @@ impl Tee {
         lock(&self.state).sinks.is_empty()
     }
 
-    /// Writes `data` to every client of `stream`; a client that went away is dropped.
+    /// Writes `data` to every client of `stream`; a client that went away, or that reads
+    /// too slowly, is dropped.
     pub fn write(&self, stream: Stream, data: &[u8]) {
         let mut state = lock(&self.state);
         state
             .sinks
-            .retain_mut(|(s, f)| *s != stream || f.write_all(data).is_ok());
+            .retain_mut(|(s, f)| *s != stream || write_within(f, data, SLOW_CLIENT));
     }
 
     /// The container's `stream` has ended: its clients see end of file.
@@ -80,23 +89,56 @@ impl Tee {
     }
 }
 
+/// Writes all of `data` to a non-blocking `sink`, waiting at most `limit` for room at a
+/// time; false if the sink is gone or stayed full.
+fn write_within(sink: &mut File, mut data: &[u8], limit: Duration) -> bool {
+    while !data.is_empty() {
+        match sink.write(data) {
+            Ok(0) => return false,
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: sink.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+                // SAFETY: poll on one valid pollfd.
+                if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 /// The write side of a container's open stdin (a pipe, or its terminal's master).
 pub struct Stdin {
     writer: Mutex<Option<File>>,
     once: bool,
+    /// The writer is a terminal's master: closing it does not end the container's input,
+    /// the terminal's end-of-file character does.
+    terminal: bool,
 }
 
 impl Stdin {
-    pub fn new(writer: File, once: bool) -> Arc<Stdin> {
+    pub fn new(writer: File, once: bool, terminal: bool) -> Arc<Stdin> {
         Arc::new(Stdin {
             writer: Mutex::new(Some(writer)),
             once,
+            terminal,
         })
     }
 
     /// Closes it: the container reads end of file.
     pub fn close(&self) {
-        lock(&self.writer).take();
+        let writer = lock(&self.writer).take();
+        if let (Some(mut master), true) = (writer, self.terminal) {
+            let _ = master.write_all(&[EOF_CHAR]);
+        }
     }
 
     fn write(&self, data: &[u8]) -> bool {
@@ -159,19 +201,41 @@ pub fn spawn_terminal_input(src: File, mut master: File) -> std::io::Result<()> 
         .stack_size(64 * 1024)
         .spawn(move || {
             pump(src, |data| master.write_all(data).is_ok());
-            let _ = master.write_all(&[4]);
+            let _ = master.write_all(&[EOF_CHAR]);
         })
         .map(|_| ())
 }
 
-/// Opens the shim's end of an output FIFO (cairnd holds the read side open).
+/// A terminal's default end-of-file character (^D).
+const EOF_CHAR: u8 = 4;
+
+/// Opens the shim's end of an output FIFO without blocking: fails (ENXIO) if cairnd no
+/// longer holds the read side. The descriptor stays non-blocking, for [`Tee`].
 pub fn open_writer(path: &str) -> std::io::Result<File> {
-    OpenOptions::new().write(true).open(path)
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
-/// Opens the shim's end of an input FIFO (cairnd holds it open for writing).
+/// Opens the shim's end of an input FIFO without blocking, then makes it blocking for
+/// the thread or process that reads it.
 pub fn open_reader(path: &str) -> std::io::Result<File> {
-    File::open(path)
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    set_blocking(&f)?;
+    Ok(f)
+}
+
+/// Clears O_NONBLOCK.
+pub fn set_blocking(f: &impl AsFd) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(f, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
+    fcntl(f, FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
+    Ok(())
 }
 
 /// Sets a terminal's window size.
@@ -228,9 +292,41 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_stops_reading_is_dropped_not_waited_for() {
+        let tee = Tee::default();
+        let (_full_r, full_w) = pipe();
+        nix::fcntl::fcntl(
+            &full_w,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        tee.add(Stream::Stdout, full_w);
+        let started = std::time::Instant::now();
+        // More than a pipe holds, never read.
+        tee.write(Stream::Stdout, &vec![b'x'; 1 << 20]);
+        assert!(tee.is_empty());
+        assert!(started.elapsed() < SLOW_CLIENT * 4);
+    }
+
+    #[test]
+    fn fifo_opens_never_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let path = path.to_str().unwrap();
+        // No reader: the writer's open fails at once instead of hanging.
+        let e = open_writer(path).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO));
+        // No writer: the reader's open succeeds and the descriptor blocks again.
+        let r = open_reader(path).unwrap();
+        let flags = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+    }
+
+    #[test]
     fn stdin_once_closes_after_the_first_feeder() {
         let (mut c_r, c_w) = pipe();
-        let stdin = Stdin::new(c_w, true);
+        let stdin = Stdin::new(c_w, true, false);
         let (a_r, mut a_w) = pipe();
         stdin.spawn_feeder(a_r).unwrap();
         a_w.write_all(b"line\n").unwrap();
@@ -243,7 +339,7 @@ mod tests {
     #[test]
     fn stdin_stays_open_without_once() {
         let (c_r, c_w) = pipe();
-        let stdin = Stdin::new(c_w, false);
+        let stdin = Stdin::new(c_w, false, false);
         let (a_r, a_w) = pipe();
         let feeder = std::thread::spawn({
             let stdin = stdin.clone();

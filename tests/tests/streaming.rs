@@ -237,6 +237,30 @@ async fn attach_with_stdin_once_and_with_stdin_kept_open() {
     let log = std::fs::read_to_string(node.log_of("attach", "once")).unwrap();
     assert!(log.contains(" stdout F hello\n"), "{log}");
 
+    // The same over a terminal: the end of the first attach's input is the terminal's
+    // end of file.
+    let mut tty = node.container_config("tty-once", &["cat"]);
+    tty.stdin = true;
+    tty.stdin_once = true;
+    tty.tty = true;
+    let tty = node.run_config(&mut rt, &pod, tty).await;
+    let url = rt
+        .attach(cri::AttachRequest {
+            container_id: tty.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let r = client("exec.js", &[&url, "--tty", "--stdin-text", "typed\n"]).await;
+    assert!(text(&r, "stdout").contains("typed"), "{r}");
+    let st = wait_exited(&mut rt, &tty).await;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+
     // Without stdin_once, the container's stdin stays open across attaches.
     let mut open = node.container_config(
         "open",
@@ -276,7 +300,7 @@ async fn attach_with_stdin_once_and_with_stdin_kept_open() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains(&plain), "{err:?}");
 
-    for id in [&once, &open, &plain] {
+    for id in [&once, &tty, &open, &plain] {
         assert_no_sessions(&node, id);
     }
     remove_pod(&mut rt, &pod).await;

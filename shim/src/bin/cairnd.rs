@@ -132,7 +132,7 @@ async fn start_streaming(
         cairn_streaming::Config {
             addr,
             stream_idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
-            stream_creation_timeout: std::time::Duration::from_secs(30),
+            ..Default::default()
         },
         std::sync::Arc::new(cairn_shim::runtime::StreamingRuntime(runtime)),
     )

@@ -172,11 +172,7 @@ impl Runtime {
         let pod = self.pod(&rec.pod_id)?;
         let client = self.shim(&pod).await?;
         let bundle = self.state.join("containers").join(&rec.id);
-        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(internal)?;
-        let mut process = spec
-            .process()
-            .clone()
-            .ok_or_else(|| internal("spec has no process"))?;
+        let mut process = self.process_template(&rec.id, &bundle)?;
         process.set_args(Some(cmd));
         process.set_terminal(Some(streams.tty));
         let exec_id = new_id()[..16].to_string();
@@ -210,16 +206,19 @@ impl Runtime {
             stdin = Some((input, tx));
         }
         let what = format!("exec in container {}", rec.id);
-        client
-            .exec(ctx(), &req)
-            .await
-            .map_err(|e| ttrpc_status(&what, e))?;
+        // The guard exists before the shim knows the exec: if the client leaves during
+        // any call below, the exec is killed and forgotten (forgetting an unknown one is
+        // harmless).
         let mut session = ExecSession {
             client: client.clone(),
             id: rec.id.clone(),
             exec_id: exec_id.clone(),
             finished: false,
         };
+        if let Err(e) = client.exec(ctx(), &req).await {
+            session.finished = true;
+            return Err(ttrpc_status(&what, e));
+        }
         let start = task::StartRequest {
             id: rec.id.clone(),
             exec_id: exec_id.clone(),
