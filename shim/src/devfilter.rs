@@ -330,37 +330,48 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     Ok(ret)
 }
 
-/// Loads a device program; the verifier's log is in the error when it refuses it.
+/// Loads a device program; the verifier's log is in the error when it refuses it. The
+/// log is only asked for when a first load (without one) fails.
 pub fn load(prog: &[Insn]) -> Result<OwnedFd, DevFilterError> {
-    let license = CString::from(c"Apache-2.0");
+    if let Ok(fd) = load_logging(prog, None) {
+        return Ok(fd);
+    }
     let mut log = vec![0u8; LOG_SIZE];
+    load_logging(prog, Some(&mut log)).map_err(|source| {
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]);
+        DevFilterError::Io {
+            context: format!(
+                "loading the device cgroup program (verifier: {})",
+                text.trim()
+            ),
+            source,
+        }
+    })
+}
+
+/// One BPF_PROG_LOAD of a device program, with the verifier writing its log into `log`
+/// if given.
+fn load_logging(prog: &[Insn], log: Option<&mut [u8]>) -> io::Result<OwnedFd> {
+    let license = CString::from(c"Apache-2.0");
     let mut name = [0u8; 16];
     name[..10].copy_from_slice(b"cairn_dev\0");
+    let (log_level, log_size, log_buf) = match log {
+        Some(buf) => (1, buf.len() as u32, buf.as_mut_ptr() as u64),
+        None => (0, 0, 0),
+    };
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: prog.len() as u32,
         insns: prog.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: LOG_SIZE as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_level,
+        log_size,
+        log_buf,
         prog_name: name,
         ..Default::default()
     };
-    let fd = match bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => fd,
-        Err(source) => {
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            let text = String::from_utf8_lossy(&log[..end]);
-            return Err(DevFilterError::Io {
-                context: format!(
-                    "loading the device cgroup program (verifier: {})",
-                    text.trim()
-                ),
-                source,
-            });
-        }
-    };
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
     // SAFETY: the kernel just returned this new descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -44,6 +44,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cairn_snapshotter::snapshot::OverlayMount;
 use libc::pid_t;
@@ -133,6 +134,9 @@ pub struct Created {
     /// The terminal's master side with [`Stdio::Terminal`]. Take it before `start()`,
     /// which consumes `self`.
     pub pty_master: Option<OwnedFd>,
+    /// The compiled seccomp filter the process runs under (from [`create`]: the spec's
+    /// `linux.seccomp`), to confine the container's execs alike (see [`exec`]).
+    pub seccomp: Option<Arc<crate::seccomp::Program>>,
     start: OwnedFd,
     report: BufReader<File>,
 }
@@ -151,15 +155,17 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
     )?;
     let console = opts.spec.process().as_ref().and_then(|p| p.console_size());
     let (stdio, pty_master) = prepare_stdio(opts.stdio, console)?;
-    launch(Middle::Create(&plan), plan.fds(), stdio, pty_master)
+    let mut created = launch(Middle::Create(&plan), plan.fds(), stdio, pty_master)?;
+    created.seccomp = plan.process.seccomp.clone();
+    Ok(created)
 }
 
 /// Runs `process` inside the running container whose init is `target_pid`: joins its ipc,
 /// uts, net, pid and mount namespaces (and its cgroup namespace if it differs from ours)
 /// and `cgroup_procs`, sets user, groups, capabilities, no_new_privs, cwd and env.
 ///
-/// `seccomp` is the container's filter (its spec's `linux.seccomp`): an exec'd process is
-/// confined like the container's own, see [`bundle_seccomp`].
+/// `seccomp` is the container's compiled filter ([`Created::seccomp`] of its [`create`]):
+/// an exec'd process is confined like the container's own.
 ///
 /// Like [`create`], it returns the process (a child of the caller) blocked before
 /// `execve`: call [`Created::start`] right away. The split lets the caller record the pid
@@ -167,7 +173,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
 pub fn exec(
     target_pid: i32,
     process: &oci_spec::runtime::Process,
-    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    seccomp: Option<Arc<crate::seccomp::Program>>,
     cgroup_procs: &[PathBuf],
     stdio: Stdio,
 ) -> Result<Created, LaunchError> {
@@ -175,17 +181,6 @@ pub fn exec(
     let plan = plan::exec(target_pid, process, seccomp, cgroup_procs)?;
     let (stdio, pty_master) = prepare_stdio(stdio, process.console_size())?;
     launch(Middle::Exec(&plan), plan.fds(), stdio, pty_master)
-}
-
-/// The seccomp profile of the container whose bundle is `bundle` (its config.json's
-/// `linux.seccomp`), for [`exec`].
-pub fn bundle_seccomp(
-    bundle: &std::path::Path,
-) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, LaunchError> {
-    let path = bundle.join("config.json");
-    let spec = oci_spec::runtime::Spec::load(&path)
-        .map_err(|e| LaunchError::InvalidSpec(format!("reading {}: {e}", path.display())))?;
-    Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
 }
 
 impl Created {
@@ -360,6 +355,7 @@ fn launch(
         (Setup::Ready, Some(pid)) => Ok(Created {
             pid,
             pty_master,
+            seccomp: None,
             start: start_w,
             report,
         }),

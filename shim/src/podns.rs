@@ -130,8 +130,6 @@ pub fn create(pod_dir: &Path, ns: &PodNamespaces) -> Result<Created, String> {
     }
     if !ns.host_ipc {
         pin(pod_dir, "ipc")?;
-    }
-    if !ns.host_ipc {
         mount_shm(pod_dir, None)?;
     }
     let mut created = Created::default();

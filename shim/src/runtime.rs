@@ -171,37 +171,26 @@ pub struct Runtime {
     processes: std::sync::Mutex<HashMap<String, oci_spec::runtime::Process>>,
 }
 
-/// Opens the records' database. A new one (first start of this cairnd, or a reboot
-/// emptied the state dir) takes over the records that older versions kept in the image
-/// store's database.
+/// Opens the records' database, moving into it the records that older versions kept in
+/// the image store's database. The move resumes at every start until none are left there
+/// (a record already in the new database is kept), so an interrupted one loses nothing.
 fn open_records(state: &Path, image_store: &Store) -> anyhow::Result<Store> {
     let path = state.join(RECORDS_DB);
-    let fresh = !path.exists();
     let records =
         Store::open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
-    if fresh {
-        for table in [PODS, CONTAINERS] {
-            move_records(image_store, &records, table)
-                .map_err(|e| anyhow::anyhow!("moving the {table} records: {e}"))?;
+    for table in [PODS, CONTAINERS] {
+        let moved = image_store.move_records(table, &records).map_err(|e| {
+            anyhow::anyhow!("moving the {table} records to {}: {e}", path.display())
+        })?;
+        if moved > 0 {
+            tracing::info!(
+                table,
+                moved,
+                "moved records out of the image store's database"
+            );
         }
     }
     Ok(records)
-}
-
-/// Moves every record of `table` (keyed by its `id`) from one database to the other.
-fn move_records(
-    from: &Store,
-    to: &Store,
-    table: &'static str,
-) -> Result<(), cairn_snapshotter::Error> {
-    for record in from.list_records::<serde_json::Value>(table)? {
-        let Some(id) = record.get("id").and_then(|v| v.as_str()) else {
-            continue;
-        };
-        to.put_record(table, id, &record)?;
-        from.delete_record(table, id)?;
-    }
-    Ok(())
 }
 
 impl Runtime {
@@ -742,14 +731,9 @@ impl Runtime {
         let Some(cgroup) = self.cgroup_of(pod, c) else {
             return;
         };
-        // An external OCI runtime also makes the cgroup in the hybrid layout's (empty)
-        // unified hierarchy; its `delete` would have removed it.
-        let unified = cgroup
-            .layout()
-            .unified()
-            .map(|u| u.join(cgroup.path()))
-            .filter(|d| d.is_dir());
-        if !cgroup.exists() && unified.is_none() {
+        // `exists` and `delete` also cover the dir in the hybrid layout's unified
+        // hierarchy (which an external OCI runtime makes too).
+        if !cgroup.exists() {
             return;
         }
         let id = c.id.clone();
@@ -759,11 +743,6 @@ impl Runtime {
             }
             if let Err(e) = cgroup.delete() {
                 tracing::warn!(container = %id, error = %e, "removing the container's cgroup");
-            }
-            if let Some(dir) = unified {
-                if let Err(e) = std::fs::remove_dir(&dir) {
-                    tracing::warn!(container = %id, error = %e, "removing {}", dir.display());
-                }
             }
         })
         .await;
@@ -1397,7 +1376,9 @@ impl Runtime {
             }
         }
         self.check_networks(attached);
-        self.remove_orphan_layers()?;
+        if let Err(e) = self.remove_orphan_layers() {
+            tracing::warn!(error = %e, "removing writable layers no record names");
+        }
         // Containers whose record exists but whose pod is gone are removed.
         let pods: Vec<String> = self.pods()?.into_iter().map(|p| p.id).collect();
         for c in self.containers()? {

@@ -207,13 +207,6 @@ pub struct PodUserns {
     pub gids: Vec<cri::IdMapping>,
 }
 
-impl PodUserns {
-    /// The host uid and gid of the container's root (container id 0).
-    pub fn host_root(&self) -> Option<(u32, u32)> {
-        Some((host_id_of(&self.uids, 0)?, host_id_of(&self.gids, 0)?))
-    }
-}
-
 /// The host id that container id `id` maps to.
 pub fn host_id_of(maps: &[cri::IdMapping], id: u32) -> Option<u32> {
     maps.iter()
@@ -1188,10 +1181,8 @@ pub fn host_cgroup_v2() -> bool {
 fn namespaces(
     pod: &PodContext,
     c: &ContainerContext,
-    who: &str,
     privileged: bool,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
-    let _ = who;
     let mut out = Vec::new();
     // The user namespace first: the pod's other namespaces belong to it.
     if let Some(u) = &pod.userns {
@@ -1261,7 +1252,7 @@ fn linux(
         .set_sysctl(sysctl)
         .set_resources(Some(resources))
         .set_cgroups_path(Some(PathBuf::from(&c.cgroup_path)))
-        .set_namespaces(Some(namespaces(pod, c, who, privileged)?))
+        .set_namespaces(Some(namespaces(pod, c, privileged)?))
         .set_devices(Some(devices))
         .set_seccomp(None)
         .set_rootfs_propagation(rootfs_propagation(c.config))

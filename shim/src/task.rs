@@ -126,6 +126,8 @@ struct Container {
     tee: Arc<Tee>,
     /// The terminal's master (CRI `tty`), for resizes.
     pty: Option<std::fs::File>,
+    /// Its compiled seccomp filter (built-in launcher), which its execs run under too.
+    seccomp: Option<Arc<crate::seccomp::Program>>,
 }
 
 struct Inner {
@@ -275,6 +277,10 @@ impl TaskService {
                 ));
             }
         };
+        let seccomp = match &pending {
+            Pending::Builtin(created) => created.seccomp.clone(),
+            Pending::Oci => None,
+        };
         let mut outputs = readers;
         let mut pty = None;
         if let Some(master) = pty_master {
@@ -292,7 +298,7 @@ impl TaskService {
             .as_ref()
             .and_then(|a| a.get(STDIN_ONCE))
             .is_some_and(|v| v == "true");
-        let stdin = stdin_w.map(|w| Stdin::new(w, once));
+        let stdin = stdin_w.map(|w| Stdin::new(w, once, req.terminal));
         let tee = Arc::new(Tee::default());
         for (fd, stream) in outputs {
             if let Err(e) = spawn_copier(fd, stream, log.clone(), tee.clone()) {
@@ -318,6 +324,7 @@ impl TaskService {
                 stdin,
                 tee,
                 pty,
+                seccomp,
             },
         );
         self.spawn_waiter(req.id.clone(), None, pid);
@@ -525,7 +532,7 @@ impl TaskService {
         if let Some(oci) = &self.inner.oci {
             return self.start_oci_exec(oci, id, exec_id);
         }
-        let (target, process, paths, terminal, cgroup_procs) = {
+        let (target, process, paths, terminal, cgroup_procs, seccomp) = {
             let containers = self.lock();
             let (c, x) = running_exec(&containers, id, exec_id)?;
             (
@@ -537,30 +544,34 @@ impl TaskService {
                     .as_ref()
                     .map(|g| g.procs_files())
                     .unwrap_or_default(),
+                c.seccomp.clone(),
             )
         };
         let [stdin, stdout, stderr] = paths;
+        // The streams are opened before the process exists, so that a client gone by now
+        // fails the exec instead of leaving a process nobody starts or reaps.
+        let mut terminal_io = None;
         let stdio = match terminal {
-            true => Stdio::Terminal,
+            true => {
+                terminal_io = Some((open_input(&stdin)?, open_output(&stdout)?));
+                Stdio::Terminal
+            }
             false => Stdio::Pipes {
                 stdin: open_input(&stdin)?,
                 stdout: open_output(&stdout)?,
                 stderr: open_output(&stderr)?,
             },
         };
-        let bundle = self.lock().get(id).map(|c| PathBuf::from(&c.bundle));
-        let seccomp = launch::bundle_seccomp(&bundle.unwrap_or_default());
-        let mut created = seccomp
-            .and_then(|s| launch::exec(target, &process, s.as_ref(), &cgroup_procs, stdio))
-            .map_err(|e| {
+        let mut created =
+            launch::exec(target, &process, seccomp, &cgroup_procs, stdio).map_err(|e| {
                 err(
                     ttrpc::Code::FAILED_PRECONDITION,
                     format!("exec in {id}: {e}"),
                 )
             })?;
-        let pty = match created.pty_master.take() {
-            Some(master) => Some(connect_terminal(master, &stdin, &stdout)?),
-            None => None,
+        let pty = match (created.pty_master.take(), terminal_io) {
+            (Some(master), Some((input, output))) => Some(connect_terminal(master, input, output)?),
+            _ => None,
         };
         let pid = created.pid;
         if let Some(x) = self
@@ -782,47 +793,6 @@ impl TaskService {
         })
     }
 
-    /// Attaches cairnd's FIFOs (JSON [`AttachPaths`]) to a running container's streams.
-    fn attach(&self, id: &str, c: &Container, paths: &str) -> ttrpc::Result<Empty> {
-        let paths: AttachPaths = serde_json::from_str(paths)
-            .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, format!("attach paths: {e}")))?;
-        if !c.init.started || c.init.exit.is_some() {
-            return Err(err(
-                ttrpc::Code::FAILED_PRECONDITION,
-                format!("container {id} is not running"),
-            ));
-        }
-        let fail = |what: &str, e: std::io::Error| {
-            err(
-                ttrpc::Code::INVALID_ARGUMENT,
-                format!("attaching to container {id}: {what}: {e}"),
-            )
-        };
-        for (path, stream) in [
-            (&paths.stdout, Stream::Stdout),
-            (&paths.stderr, Stream::Stderr),
-        ] {
-            if !path.is_empty() {
-                let sink = streams::open_writer(path).map_err(|e| fail(path, e))?;
-                c.tee.add(stream, sink);
-            }
-        }
-        if paths.stdin.is_empty() {
-            return Ok(Empty::default());
-        }
-        let Some(stdin) = &c.stdin else {
-            return Err(err(
-                ttrpc::Code::FAILED_PRECONDITION,
-                format!("container {id} was not created with stdin"),
-            ));
-        };
-        let src = streams::open_reader(&paths.stdin).map_err(|e| fail(&paths.stdin, e))?;
-        stdin
-            .spawn_feeder(src)
-            .map_err(|e| fail("starting the stdin feeder", e))?;
-        Ok(Empty::default())
-    }
-
     /// Kills every container, deletes their cgroups and tells the main thread to exit.
     fn do_shutdown(&self) {
         let containers: Vec<(String, Option<Cgroup>, i32)> = self
@@ -858,6 +828,65 @@ impl TaskService {
             let _ = tx.send(());
         }
     }
+}
+
+/// What an attach to container `id` joins: its output tee and its open stdin, if it is
+/// running.
+fn attachable(id: &str, c: &Container) -> Result<(Arc<Tee>, Option<Arc<Stdin>>), ttrpc::Error> {
+    if !c.init.started || c.init.exit.is_some() {
+        return Err(err(
+            ttrpc::Code::FAILED_PRECONDITION,
+            format!("container {id} is not running"),
+        ));
+    }
+    Ok((c.tee.clone(), c.stdin.clone()))
+}
+
+/// Attaches cairnd's FIFOs (JSON [`AttachPaths`]) to a container's streams. Called without
+/// the containers lock: the opens do not block, but nothing here needs the lock.
+fn attach(id: &str, tee: &Tee, stdin: Option<&Arc<Stdin>>, paths: &str) -> ttrpc::Result<Empty> {
+    let paths: AttachPaths = serde_json::from_str(paths)
+        .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, format!("attach paths: {e}")))?;
+    let fail = |what: &str, e: std::io::Error| {
+        err(
+            ttrpc::Code::INVALID_ARGUMENT,
+            format!("attaching to container {id}: {what}: {e}"),
+        )
+    };
+    if !paths.stdin.is_empty() && stdin.is_none() {
+        return Err(err(
+            ttrpc::Code::FAILED_PRECONDITION,
+            format!("container {id} was not created with stdin"),
+        ));
+    }
+    let mut sinks = Vec::new();
+    for (path, stream) in [
+        (&paths.stdout, Stream::Stdout),
+        (&paths.stderr, Stream::Stderr),
+    ] {
+        if !path.is_empty() {
+            sinks.push((
+                stream,
+                streams::open_writer(path).map_err(|e| fail(path, e))?,
+            ));
+        }
+    }
+    let feeder = match (stdin, paths.stdin.as_str()) {
+        (Some(stdin), path) if !path.is_empty() => Some((
+            stdin,
+            streams::open_reader(path).map_err(|e| fail(path, e))?,
+        )),
+        _ => None,
+    };
+    for (stream, sink) in sinks {
+        tee.add(stream, sink);
+    }
+    if let Some((stdin, src)) = feeder {
+        stdin
+            .spawn_feeder(src)
+            .map_err(|e| fail("starting the stdin feeder", e))?;
+    }
+    Ok(Empty::default())
 }
 
 /// A running container and one of its execs, or why not.
@@ -930,20 +959,20 @@ fn open_input(path: &str) -> Result<Option<OwnedFd>, ttrpc::Error> {
         })
 }
 
-/// Joins an exec's terminal to its FIFOs (output to `stdout`, `stdin` into it) on small
-/// threads; returns a handle on the master for resizes.
+/// Joins an exec's terminal to its streams (output to `output`, `input` into it) on
+/// small threads; returns a handle on the master for resizes.
 fn connect_terminal(
     master: OwnedFd,
-    stdin: &str,
-    stdout: &str,
+    input: Option<OwnedFd>,
+    output: OwnedFd,
 ) -> Result<std::fs::File, ttrpc::Error> {
     let internal = |e: std::io::Error| err(ttrpc::Code::INTERNAL, format!("exec terminal: {e}"));
     let handle = streams::dup_file(&master).map_err(internal)?;
-    if let Some(input) = open_input(stdin)? {
+    if let Some(input) = input {
         let to_master = streams::dup_file(&master).map_err(internal)?;
         streams::spawn_terminal_input(std::fs::File::from(input), to_master).map_err(internal)?;
     }
-    let out = std::fs::File::from(open_output(stdout)?);
+    let out = std::fs::File::from(output);
     streams::spawn_copy("exec-stdout", std::fs::File::from(master), out).map_err(internal)?;
     Ok(handle)
 }
@@ -956,18 +985,21 @@ fn open_output(path: &str) -> Result<OwnedFd, ttrpc::Error> {
             .map(OwnedFd::from)
             .map_err(|e| err(ttrpc::Code::INTERNAL, format!("/dev/null: {e}")));
     }
-    std::fs::OpenOptions::new()
+    // Non-blocking open: a FIFO whose reader (cairnd) is gone fails instead of hanging.
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map(OwnedFd::from)
-        .map_err(|e| {
-            err(
-                ttrpc::Code::INVALID_ARGUMENT,
-                format!("exec output {path}: {e}"),
-            )
-        })
+        .and_then(|f| streams::set_blocking(&f).map(|()| f));
+    opened.map(OwnedFd::from).map_err(|e| {
+        err(
+            ttrpc::Code::INVALID_ARGUMENT,
+            format!("exec output {path}: {e}"),
+        )
+    })
 }
 
 /// The overlay described by a Task API mount (`lowerdir=a:b`, `upperdir=`, `workdir=`).
@@ -1105,7 +1137,9 @@ impl containerd_shim_protos::shim::shim_ttrpc::Task for TaskService {
         let containers = self.lock();
         let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         if let Some(paths) = req.annotations.get(ATTACH) {
-            return self.attach(&req.id, c, paths);
+            let (tee, stdin) = attachable(&req.id, c)?;
+            drop(containers);
+            return attach(&req.id, &tee, stdin.as_ref(), paths);
         }
         if req.annotations.contains_key(REOPEN_LOG) {
             if let Some(log) = &c.log {
@@ -1211,12 +1245,14 @@ impl containerd_shim_protos::shim::shim_ttrpc::Task for TaskService {
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
-        let containers = self.lock();
-        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-        if req.exec_id.is_empty() && req.stdin {
-            if let Some(stdin) = &c.stdin {
-                stdin.close();
-            }
+        let stdin = {
+            let containers = self.lock();
+            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            c.stdin.clone()
+        };
+        // Closing may wait for a feeder's write into a full pipe: not under the lock.
+        if let (Some(stdin), true) = (stdin, req.exec_id.is_empty() && req.stdin) {
+            stdin.close();
         }
         Ok(Empty::default())
     }

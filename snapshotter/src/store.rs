@@ -369,6 +369,50 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+
+    /// Moves every record of `table` into `to`: one transaction copies them all (a key
+    /// `to` already holds keeps its record there), then one removes them from here. If
+    /// interrupted, the records left here are moved by the next call. Returns how many
+    /// records were found here.
+    pub fn move_records(&self, table: &'static str, to: &Store) -> Result<usize> {
+        let def: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
+        let rows = {
+            let tx = self.db.begin_read()?;
+            let t = match tx.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            let mut rows = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                rows.push((k.value().to_string(), v.value().to_vec()));
+            }
+            rows
+        };
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let tx = to.db.begin_write()?;
+        {
+            let mut t = tx.open_table(def)?;
+            for (key, value) in &rows {
+                if t.get(key.as_str())?.is_none() {
+                    t.insert(key.as_str(), value.as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(def)?;
+            for (key, _) in &rows {
+                t.remove(key.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(rows.len())
+    }
 }
 
 #[cfg(test)]
@@ -434,5 +478,24 @@ mod tests {
         assert_eq!(s.snapshot("k").unwrap(), Some(k));
         assert!(s.snapshot("l").unwrap().is_none());
         assert_eq!(s.new_snapshot("l").unwrap().id(), b);
+    }
+
+    #[test]
+    fn records_move_without_overwriting() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Store::open(&dir.path().join("old")).unwrap();
+        let new = Store::open(&dir.path().join("new")).unwrap();
+        assert_eq!(old.move_records("pods", &new).unwrap(), 0);
+        old.put_record("pods", "a", &"old a").unwrap();
+        old.put_record("pods", "b", &"old b").unwrap();
+        // As if an earlier move had copied `a` and then stopped.
+        new.put_record("pods", "a", &"new a").unwrap();
+        assert_eq!(old.move_records("pods", &new).unwrap(), 2);
+        assert!(old.list_records::<String>("pods").unwrap().is_empty());
+        let a: Option<String> = new.get_record("pods", "a").unwrap();
+        let b: Option<String> = new.get_record("pods", "b").unwrap();
+        assert_eq!(a.as_deref(), Some("new a"));
+        assert_eq!(b.as_deref(), Some("old b"));
+        assert_eq!(old.move_records("pods", &new).unwrap(), 0);
     }
 }

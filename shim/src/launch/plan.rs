@@ -14,7 +14,7 @@ use std::os::raw::c_char;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cairn_snapshotter::snapshot::OverlayMount;
 use libc::{c_int, c_ulong};
@@ -253,9 +253,9 @@ pub(super) struct ProcessPlan {
     pub(super) caps: Option<CapPlan>,
     pub(super) no_new_privs: bool,
     pub(super) rlimits: Vec<Rlimit>,
-    /// The seccomp filter to install right before execve, compiled here so that the child
-    /// only hands it to the kernel.
-    pub(super) seccomp: Option<crate::seccomp::Program>,
+    /// The seccomp filter to install right before execve, compiled in the caller so that
+    /// the child only hands it to the kernel.
+    pub(super) seccomp: Option<Arc<crate::seccomp::Program>>,
 }
 
 impl ProcessPlan {
@@ -345,16 +345,19 @@ pub(super) fn container<'a>(
         sysctls: sysctl_plan(linux)?,
         hostname: name_if_new(spec.hostname(), "hostname")?,
         domainname: name_if_new(spec.domainname(), "domainname")?,
-        process: process_plan(process, linux.and_then(|l| l.seccomp().as_ref()))?,
+        process: process_plan(
+            process,
+            compile_seccomp(linux.and_then(|l| l.seccomp().as_ref()))?,
+        )?,
     })
 }
 
 /// Prepares `exec()` into the container whose init is `target`, under `seccomp` (the
-/// container's filter) if given.
+/// container's compiled filter) if given.
 pub(super) fn exec(
     target: i32,
     process: &Process,
-    seccomp: Option<&LinuxSeccomp>,
+    seccomp: Option<Arc<crate::seccomp::Program>>,
     cgroup_dirs: &[PathBuf],
 ) -> Result<ExecPlan, LaunchError> {
     if target <= 0 {
@@ -921,7 +924,7 @@ fn sysctl_plan(linux: Option<&Linux>) -> Result<Vec<Sysctl>, LaunchError> {
 /// seccomp filter).
 pub(super) fn process_plan(
     p: &Process,
-    seccomp: Option<&LinuxSeccomp>,
+    seccomp: Option<Arc<crate::seccomp::Program>>,
 ) -> Result<ProcessPlan, LaunchError> {
     let args = p
         .args()
@@ -991,11 +994,17 @@ pub(super) fn process_plan(
         caps,
         no_new_privs: p.no_new_privileges().unwrap_or(false),
         rlimits,
-        seccomp: seccomp
-            .map(crate::seccomp::compile)
-            .transpose()
-            .map_err(|e| invalid(format!("linux.seccomp: {e}")))?,
+        seccomp,
     })
+}
+
+/// Compiles the spec's `linux.seccomp` profile, if any, to BPF.
+pub(super) fn compile_seccomp(
+    profile: Option<&LinuxSeccomp>,
+) -> Result<Option<Arc<crate::seccomp::Program>>, LaunchError> {
+    let program = profile.map(crate::seccomp::compile).transpose();
+    let program = program.map_err(|e| invalid(format!("linux.seccomp: {e}")))?;
+    Ok(program.map(Arc::new))
 }
 
 fn rlimit_resource(t: PosixRlimitType) -> c_int {

@@ -1157,11 +1157,10 @@ fn seccomp_filter_is_installed_last() {
 fn exec_gets_the_containers_filter() {
     let fx = Fixture::new();
     let mut spec = fx.spec(&["sleep", "30"]);
-    let seccomp = default_seccomp(CRI_CAPS);
     spec.linux_mut()
         .as_mut()
         .unwrap()
-        .set_seccomp(Some(seccomp.clone()));
+        .set_seccomp(Some(default_seccomp(CRI_CAPS)));
     let created = create(CreateOptions {
         spec: &spec,
         overlay: None,
@@ -1176,6 +1175,8 @@ fn exec_gets_the_containers_filter() {
     .unwrap();
     let pid = created.pid;
     let _container = KillOnDrop(pid);
+    let seccomp = created.seccomp.clone();
+    assert!(seccomp.is_some());
     created.start().unwrap();
     let p = process(&[
         "sh",
@@ -1183,7 +1184,7 @@ fn exec_gets_the_containers_filter() {
         "grep Seccomp: /proc/self/status; unshare -U true",
     ]);
     let (out_r, err_r, stdio) = pipes();
-    let execd = exec(pid, &p, Some(&seccomp), &[], stdio).unwrap();
+    let execd = exec(pid, &p, seccomp, &[], stdio).unwrap();
     let epid = execd.pid;
     execd.start().unwrap();
     let stdout = read_all(out_r);
