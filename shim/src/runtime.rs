@@ -1188,13 +1188,7 @@ impl Runtime {
         cmd: Vec<String>,
         timeout: i64,
     ) -> Result<(Vec<u8>, Vec<u8>, i32), Status> {
-        let rec = self.container(id)?;
-        if rec.state != cri::ContainerState::ContainerRunning as i32 {
-            return Err(Status::failed_precondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
+        let rec = self.running(id)?;
         if cmd.is_empty() {
             return Err(Status::invalid_argument("ExecSync: cmd is empty"));
         }
@@ -1208,13 +1202,12 @@ impl Runtime {
         let out = bundle.join(format!("exec-{exec_id}.out"));
         let err = bundle.join(format!("exec-{exec_id}.err"));
         let value = serde_json::to_vec(&process).map_err(internal)?;
-        let exec = ExecRef {
-            client: &client,
-            id: &rec.id,
-            exec_id: &exec_id,
-        };
-        let result = exec.run(&out, &err, value, timeout).await;
-        exec.delete().await;
+        let exec = ExecRef::new(&client, &rec.id, &exec_id);
+        let mut req = exec.request(value);
+        req.stdout = out.display().to_string();
+        req.stderr = err.display().to_string();
+        let result = exec.run(&req, timeout).await;
+        exec.finish().await;
         let stdout = std::fs::read(&out).unwrap_or_default();
         let stderr = std::fs::read(&err).unwrap_or_default();
         let _ = std::fs::remove_file(&out);
@@ -1297,13 +1290,7 @@ impl Runtime {
     }
 
     pub async fn reopen_log(&self, id: &str) -> Result<(), Status> {
-        let rec = self.container(id)?;
-        if rec.state != cri::ContainerState::ContainerRunning as i32 {
-            return Err(Status::failed_precondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
+        let rec = self.running(id)?;
         let pod = self.pod(&rec.pod_id)?;
         let client = self.shim(&pod).await?;
         let mut annotations = HashMap::new();
@@ -1448,87 +1435,138 @@ impl Runtime {
     }
 }
 
-/// One exec of `ExecSync` in a container's shim.
-struct ExecRef<'a> {
-    client: &'a TaskClient,
-    id: &'a str,
-    exec_id: &'a str,
+/// One exec in a container's shim, for `ExecSync` and streamed `Exec`. Dropped before
+/// [`finish`](ExecRef::finish) (the caller's request was cancelled, e.g. kubelet gave up
+/// or the client left), it kills and forgets the exec in the background, as containerd
+/// does when kubelet cancels the request context.
+struct ExecRef {
+    client: TaskClient,
+    id: String,
+    exec_id: String,
+    finished: bool,
 }
 
-impl ExecRef<'_> {
-    fn what(&self) -> String {
-        format!("exec in {}", self.id)
+impl ExecRef {
+    fn new(client: &TaskClient, id: &str, exec_id: &str) -> ExecRef {
+        ExecRef {
+            client: client.clone(),
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            finished: false,
+        }
     }
 
-    /// Creates, starts and waits for the exec; a timeout kills it.
-    async fn run(
-        &self,
-        out: &Path,
-        err: &Path,
-        process: Vec<u8>,
-        timeout: i64,
-    ) -> Result<i32, Status> {
-        let create = task::ExecProcessRequest {
-            id: self.id.to_string(),
-            exec_id: self.exec_id.to_string(),
-            stdout: out.display().to_string(),
-            stderr: err.display().to_string(),
+    fn what(&self) -> String {
+        format!("exec in container {}", self.id)
+    }
+
+    /// The `ExecProcessRequest` for `process` (JSON OCI Process); streams are the caller's.
+    fn request(&self, process: Vec<u8>) -> task::ExecProcessRequest {
+        task::ExecProcessRequest {
+            id: self.id.clone(),
+            exec_id: self.exec_id.clone(),
             spec: MessageField::some(Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
                 value: process,
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    fn wait_req(&self) -> task::WaitRequest {
+        task::WaitRequest {
+            id: self.id.clone(),
+            exec_id: self.exec_id.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Creates and starts the exec.
+    async fn create_and_start(&self, req: &task::ExecProcessRequest) -> Result<(), Status> {
         self.client
-            .exec(ctx(), &create)
+            .exec(ctx(), req)
             .await
             .map_err(|e| ttrpc_status(&self.what(), e))?;
         let start = task::StartRequest {
-            id: self.id.to_string(),
-            exec_id: self.exec_id.to_string(),
+            id: self.id.clone(),
+            exec_id: self.exec_id.clone(),
             ..Default::default()
         };
         self.client
             .start(ctx(), &start)
             .await
             .map_err(|e| ttrpc_status(&self.what(), e))?;
-        let wait = task::WaitRequest {
-            id: self.id.to_string(),
-            exec_id: self.exec_id.to_string(),
-            ..Default::default()
-        };
+        Ok(())
+    }
+
+    /// Waits for the exec's exit code.
+    async fn wait(&self) -> Result<i32, Status> {
+        let w = self.client.wait(ctx(), &self.wait_req()).await;
+        Ok(w.map_err(|e| ttrpc_status(&self.what(), e))?.exit_status as i32)
+    }
+
+    /// Creates, starts and waits for the exec; a timeout (seconds, > 0) kills it.
+    async fn run(&self, req: &task::ExecProcessRequest, timeout: i64) -> Result<i32, Status> {
+        self.create_and_start(req).await?;
         if timeout <= 0 {
-            let w = self.client.wait(ctx(), &wait).await;
-            return Ok(w.map_err(|e| ttrpc_status(&self.what(), e))?.exit_status as i32);
+            return self.wait().await;
         }
         let limit = Duration::from_secs(timeout as u64);
-        if let Ok(w) = tokio::time::timeout(limit, self.client.wait(ctx(), &wait)).await {
-            return Ok(w.map_err(|e| ttrpc_status(&self.what(), e))?.exit_status as i32);
+        if let Ok(code) = tokio::time::timeout(limit, self.wait()).await {
+            return code;
         }
-        let kill = task::KillRequest {
-            id: self.id.to_string(),
-            exec_id: self.exec_id.to_string(),
-            signal: libc::SIGKILL as u32,
-            ..Default::default()
-        };
-        let _ = self.client.kill(ctx(), &kill).await;
-        let _ = self.client.wait(ctx(), &wait).await;
+        kill_exec(&self.client, &self.id, &self.exec_id).await;
         Err(Status::deadline_exceeded(format!(
             "ExecSync in {}: command timed out after {timeout}s and was killed",
             self.id
         )))
     }
 
-    /// Forgets the exec in the shim (whatever happened to it).
-    async fn delete(&self) {
-        let req = task::DeleteRequest {
-            id: self.id.to_string(),
-            exec_id: self.exec_id.to_string(),
-            ..Default::default()
-        };
-        let _ = self.client.delete(ctx(), &req).await;
+    /// Forgets the exec in the shim once it is over (whatever happened to it).
+    async fn finish(mut self) {
+        self.finished = true;
+        delete_exec(&self.client, &self.id, &self.exec_id).await;
     }
+}
+
+impl Drop for ExecRef {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let (client, id, exec_id) = (self.client.clone(), self.id.clone(), self.exec_id.clone());
+        tokio::spawn(async move {
+            kill_exec(&client, &id, &exec_id).await;
+            delete_exec(&client, &id, &exec_id).await;
+        });
+    }
+}
+
+/// SIGKILLs an exec and waits (at most 10 s) until the shim has its exit.
+async fn kill_exec(client: &TaskClient, id: &str, exec_id: &str) {
+    let kill = task::KillRequest {
+        id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        signal: libc::SIGKILL as u32,
+        ..Default::default()
+    };
+    let _ = client.kill(ctx(), &kill).await;
+    let wait = task::WaitRequest {
+        id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        ..Default::default()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.wait(ctx(), &wait)).await;
+}
+
+async fn delete_exec(client: &TaskClient, id: &str, exec_id: &str) {
+    let req = task::DeleteRequest {
+        id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        ..Default::default()
+    };
+    let _ = client.delete(ctx(), &req).await;
 }
 
 fn wait_req(id: &str) -> task::WaitRequest {

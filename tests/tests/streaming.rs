@@ -203,6 +203,24 @@ async fn exec_over_spdy_and_websocket_with_stdin_tty_and_exit_codes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // So does an ExecSync whose caller gives up (kubelet's own deadline).
+    let sync = rt.exec_sync(cri::ExecSyncRequest {
+        container_id: c.clone(),
+        cmd: vec!["sleep".into(), "778".into()],
+        timeout: 0,
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(1500), sync)
+        .await
+        .is_err());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while exec_out(&mut rt, &c, &["ps"]).await.contains("sleep 778") {
+        assert!(
+            Instant::now() < deadline,
+            "the ExecSync outlived its caller"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A command that does not exist: the status says why.
     let url = exec_url(&mut rt, &c, &["no-such-command"], false, false).await;
     let r = client("exec.js", &[&url]).await;

@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use cairn_proto::cri;
 use cairn_streaming::{Streams, TerminalSize};
-use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim as task;
 use containerd_shim_protos::shim_async::TaskClient;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::Status;
 
-use super::{ctx, internal, new_id, ttrpc_status, ContainerRecord, Runtime};
+use super::{ctx, internal, new_id, ttrpc_status, ContainerRecord, ExecRef, Runtime};
 use crate::stdio::{AttachPaths, ATTACH};
 
 /// How long output may still flow after the process exited (a child that kept its
@@ -38,7 +36,7 @@ struct Fifos {
 impl Fifos {
     fn new(bundle: &Path, session: &str) -> Result<Fifos, Status> {
         let dir = bundle.join(format!("io-{session}"));
-        std::fs::create_dir_all(&dir)
+        std::fs::create_dir(&dir)
             .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
         Ok(Fifos { dir })
     }
@@ -178,17 +176,11 @@ impl Runtime {
         let exec_id = new_id()[..16].to_string();
         let fifos = Fifos::new(&bundle, &exec_id)?;
         let mut pumps = Pumps::default();
-        let mut req = task::ExecProcessRequest {
-            id: rec.id.clone(),
-            exec_id: exec_id.clone(),
-            terminal: streams.tty,
-            spec: MessageField::some(Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-                value: serde_json::to_vec(&process).map_err(internal)?,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        // The guard exists before the shim knows the exec: if the client leaves during
+        // any call below, the exec is killed and forgotten.
+        let exec = ExecRef::new(&client, &rec.id, &exec_id);
+        let mut req = exec.request(serde_json::to_vec(&process).map_err(internal)?);
+        req.terminal = streams.tty;
         if let Some(out) = streams.stdout {
             let (path, rx) = fifos.output("stdout")?;
             req.stdout = path;
@@ -205,28 +197,9 @@ impl Runtime {
             req.stdin = path;
             stdin = Some((input, tx));
         }
-        let what = format!("exec in container {}", rec.id);
-        // The guard exists before the shim knows the exec: if the client leaves during
-        // any call below, the exec is killed and forgotten (forgetting an unknown one is
-        // harmless).
-        let mut session = ExecSession {
-            client: client.clone(),
-            id: rec.id.clone(),
-            exec_id: exec_id.clone(),
-            finished: false,
-        };
-        if let Err(e) = client.exec(ctx(), &req).await {
-            session.finished = true;
-            return Err(ttrpc_status(&what, e));
-        }
-        let start = task::StartRequest {
-            id: rec.id.clone(),
-            exec_id: exec_id.clone(),
-            ..Default::default()
-        };
-        if let Err(e) = client.start(ctx(), &start).await {
-            session.delete().await;
-            return Err(ttrpc_status(&what, e));
+        if let Err(e) = exec.create_and_start(&req).await {
+            exec.finish().await;
+            return Err(e);
         }
         if let Some((input, tx)) = stdin {
             pumps.stdin(input, tx);
@@ -234,15 +207,12 @@ impl Runtime {
         if let (Some(sizes), true) = (streams.resize, streams.tty) {
             pumps.resize(client.clone(), rec.id.clone(), exec_id.clone(), sizes);
         }
-        let waited = client
-            .wait(ctx(), &session.wait_req())
-            .await
-            .map_err(|e| ttrpc_status(&what, e));
+        let waited = exec.wait().await;
         pumps.drain(Some(OUTPUT_DRAIN)).await;
         drop(pumps);
-        session.delete().await;
+        exec.finish().await;
         drop(fifos);
-        Ok(waited?.exit_status as i32)
+        waited
     }
 
     /// Attaches the client's streams to a running container's main process until it
@@ -365,68 +335,6 @@ fn connect_in(netns: Option<&Path>, port: u16) -> std::io::Result<std::net::TcpS
     let limit = Duration::from_secs(5);
     std::net::TcpStream::connect_timeout(&v4, limit)
         .or_else(|e| std::net::TcpStream::connect_timeout(&v6, limit).map_err(|_| e))
-}
-
-/// One streamed exec in a container's shim. If the client goes away first (the server
-/// drops the session's future), the exec is killed and forgotten in the background, as
-/// kubelet's cancelled request context does with containerd.
-struct ExecSession {
-    client: TaskClient,
-    id: String,
-    exec_id: String,
-    finished: bool,
-}
-
-impl Drop for ExecSession {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let client = self.client.clone();
-        let (id, exec_id) = (self.id.clone(), self.exec_id.clone());
-        tokio::spawn(async move {
-            let kill = task::KillRequest {
-                id: id.clone(),
-                exec_id: exec_id.clone(),
-                signal: libc::SIGKILL as u32,
-                ..Default::default()
-            };
-            let _ = client.kill(ctx(), &kill).await;
-            let wait = task::WaitRequest {
-                id: id.clone(),
-                exec_id: exec_id.clone(),
-                ..Default::default()
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(10), client.wait(ctx(), &wait)).await;
-            let delete = task::DeleteRequest {
-                id,
-                exec_id,
-                ..Default::default()
-            };
-            let _ = client.delete(ctx(), &delete).await;
-        });
-    }
-}
-
-impl ExecSession {
-    fn wait_req(&self) -> task::WaitRequest {
-        task::WaitRequest {
-            id: self.id.to_string(),
-            exec_id: self.exec_id.to_string(),
-            ..Default::default()
-        }
-    }
-
-    /// Forgets the exec in the shim once it is over.
-    async fn delete(&mut self) {
-        let req = task::DeleteRequest {
-            id: self.id.clone(),
-            exec_id: self.exec_id.clone(),
-            ..Default::default()
-        };
-        let _ = self.client.delete(ctx(), &req).await;
-        self.finished = true;
-    }
 }
 
 /// The streaming server's view of the runtime: sessions of clients that connected to the
