@@ -6,6 +6,11 @@
 //! A compiled [`Program`] is plain data: the launcher compiles before it forks, and the
 //! forked child only hands the instructions to `seccomp(2)`, allocating nothing.
 //!
+//! The program of each architecture is a binary search over ranges of system call numbers
+//! (a dozen instructions to any decision), not a chain of one test per call: when a filter
+//! is attached the kernel JIT-compiles it and runs it for every number of every
+//! architecture, and a chain made that cost over a millisecond per container start or exec.
+//!
 //! The RuntimeDefault profile is an allow list: every system call not named returns EPERM.
 //! It leaves out what would let a container reach beyond its namespaces (mounts, new
 //! namespaces, kernel modules, the keyring, kexec, the clock, swap, raw I/O ports, BPF,
@@ -830,7 +835,174 @@ fn rule_map<'p>(profile: &'p LinuxSeccomp, table: &ArchTable) -> Result<RuleMap<
     Ok(map)
 }
 
-/// The block of one architecture: load the number, test each listed call, default.
+/// What the calls of one range of numbers run: the rule chain of one call, or `ret default`
+/// for the numbers no rule names.
+type Body = Vec<libc::sock_filter>;
+
+/// The code of one call: its rules in order, then the default unless an unconditional rule
+/// ends the list.
+fn call_body(
+    nr: u32,
+    rules: &[(&[LinuxSeccompArg], u32)],
+    closed: bool,
+    default: u32,
+) -> Result<Body, SeccompError> {
+    let what = format!("system call {nr}");
+    let mut body = Vec::new();
+    for (args, action) in rules {
+        body.extend(rule_code(args, *action, &what)?);
+    }
+    if !closed {
+        body.push(insn(BPF_RET_K, default, 0, 0));
+    }
+    Ok(body)
+}
+
+fn same_code(a: &[libc::sock_filter], b: &[libc::sock_filter]) -> bool {
+    let key = |i: &libc::sock_filter| (i.code, i.jt, i.jf, i.k);
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
+}
+
+/// Cuts the numbers 0..=u32::MAX into ranges, each starting at its number and running to the
+/// next one's start, with the code its calls run; neighbours running the same code are one
+/// range (bodies only jump forward inside themselves, so equal code decides equally).
+fn ranges(map: RuleMap<'_>, default: u32) -> Result<Vec<(u32, Body)>, SeccompError> {
+    let mut out: Vec<(u32, Body)> = Vec::new();
+    let mut push = |start: u32, body: Body| match out.last() {
+        Some((_, last)) if same_code(last, &body) => {}
+        _ => out.push((start, body)),
+    };
+    // The first number not covered yet (none once u32::MAX is).
+    let mut next = Some(0u32);
+    for (nr, (rules, closed)) in map {
+        if let Some(gap) = next.filter(|n| *n < nr) {
+            push(gap, vec![insn(BPF_RET_K, default, 0, 0)]);
+        }
+        push(nr, call_body(nr, &rules, closed, default)?);
+        next = nr.checked_add(1);
+    }
+    if let Some(n) = next {
+        push(n, vec![insn(BPF_RET_K, default, 0, 0)]);
+    }
+    Ok(out)
+}
+
+/// The two halves a search splits `ranges` into (at least two ranges).
+fn halves<T>(ranges: &[T]) -> (&[T], &[T]) {
+    ranges.split_at(ranges.len() / 2)
+}
+
+/// The value of a body that only returns.
+fn lone_ret(body: &[libc::sock_filter]) -> Option<u32> {
+    match body {
+        [i] if i.code == BPF_RET_K => Some(i.k),
+        _ => None,
+    }
+}
+
+/// The longest an 8-bit conditional jump can reach: a search this long (pool included)
+/// needs no `ja`.
+const SHORT_REACH: usize = 256;
+
+/// A binary search over `ranges` (sorted, non-empty), the number in the accumulator; each
+/// split is one `jge`. Small searches share their `ret` leaves (see [`pooled_search`]);
+/// bigger ones split into two searches, the half short enough for the 8-bit offset of a
+/// conditional jump laid out first, or a `ja` (32-bit offset) over the lower half when
+/// neither is.
+fn search(ranges: &[(u32, Body)]) -> Body {
+    if let [(_, body)] = ranges {
+        return body.clone();
+    }
+    let pool = ret_pool(ranges);
+    if pooled_len(ranges) + pool.len() <= SHORT_REACH {
+        return pooled_search(ranges, &pool);
+    }
+    let (below, above) = halves(ranges);
+    let split = above[0].0;
+    let (lo, hi) = (search(below), search(above));
+    let mut out = Vec::with_capacity(lo.len() + hi.len() + 2);
+    if let Ok(skip) = u8::try_from(hi.len()) {
+        out.push(insn(BPF_JGE_K, split, 0, skip));
+        out.extend(hi);
+        out.extend(lo);
+    } else if let Ok(skip) = u8::try_from(lo.len()) {
+        out.push(insn(BPF_JGE_K, split, skip, 0));
+        out.extend(lo);
+        out.extend(hi);
+    } else {
+        out.push(insn(BPF_JGE_K, split, 0, 1));
+        out.push(insn(BPF_JMP_JA, lo.len() as u32, 0, 0));
+        out.extend(lo);
+        out.extend(hi);
+    }
+    out
+}
+
+/// The distinct values of the bodies of `ranges` that only return, in order of appearance.
+fn ret_pool(ranges: &[(u32, Body)]) -> Vec<u32> {
+    let mut pool = Vec::new();
+    for v in ranges.iter().filter_map(|(_, b)| lone_ret(b)) {
+        if !pool.contains(&v) {
+            pool.push(v);
+        }
+    }
+    pool
+}
+
+/// The length of [`pooled_search`]'s code before its pool.
+fn pooled_len(ranges: &[(u32, Body)]) -> usize {
+    if let [(_, body)] = ranges {
+        return if lone_ret(body).is_some() {
+            0
+        } else {
+            body.len()
+        };
+    }
+    let (below, above) = halves(ranges);
+    1 + pooled_len(below) + pooled_len(above)
+}
+
+/// A search whose splits jump straight to one shared `ret` per value (the pool, after the
+/// code) instead of to a `ret` of their own; the caller keeps it within [`SHORT_REACH`].
+fn pooled_search(ranges: &[(u32, Body)], pool: &[u32]) -> Body {
+    let pool_start = pooled_len(ranges);
+    let mut out = Vec::with_capacity(pool_start + pool.len());
+    emit_pooled(ranges, pool_start, pool, &mut out);
+    out.extend(pool.iter().map(|v| insn(BPF_RET_K, *v, 0, 0)));
+    out
+}
+
+/// Appends the split of `ranges` (at least two) and the code of its halves to `out`.
+fn emit_pooled(ranges: &[(u32, Body)], pool_start: usize, pool: &[u32], out: &mut Body) {
+    let (below, above) = halves(ranges);
+    let here = out.len();
+    out.push(insn(BPF_JGE_K, above[0].0, 0, 0));
+    // Where a half starts: its pool entry if it only returns, else its code.
+    let place = |half: &[(u32, Body)], out: &mut Body| -> usize {
+        match half {
+            [(_, body)] => match lone_ret(body) {
+                Some(v) => pool_start + pool.iter().position(|p| *p == v).unwrap_or(0),
+                None => {
+                    out.extend_from_slice(body);
+                    out.len() - body.len()
+                }
+            },
+            _ => {
+                let at = out.len();
+                emit_pooled(half, pool_start, pool, out);
+                at
+            }
+        }
+    };
+    let lo = place(below, out);
+    let hi = place(above, out);
+    // Within SHORT_REACH, every offset fits in 8 bits.
+    out[here].jt = (hi - here - 1) as u8;
+    out[here].jf = (lo - here - 1) as u8;
+}
+
+/// The block of one architecture: load the number, deny x32 calls, then a binary search
+/// over the numbers that ends in the rules of the call (or the default).
 fn arch_block(
     profile: &LinuxSeccomp,
     table: &ArchTable,
@@ -842,21 +1014,7 @@ fn arch_block(
         out.push(insn(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1));
         out.push(insn(BPF_RET_K, deny, 0, 0));
     }
-    for (nr, (rules, closed)) in rule_map(profile, table)? {
-        let what = format!("system call {nr}");
-        let mut chain = Vec::new();
-        for (args, action) in rules {
-            chain.extend(rule_code(args, action, &what)?);
-        }
-        if !closed {
-            chain.push(insn(BPF_RET_K, default, 0, 0));
-        }
-        let skip = u8::try_from(chain.len())
-            .map_err(|_| error(format!("the rules for {what} are too long")))?;
-        out.push(insn(BPF_JEQ_K, nr, 0, skip));
-        out.extend(chain);
-    }
-    out.push(insn(BPF_RET_K, default, 0, 0));
+    out.extend(search(&ranges(rule_map(profile, table)?, default)?));
     Ok(out)
 }
 
@@ -920,10 +1078,18 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program, SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     /// Runs a program on one `seccomp_data` like the kernel does (the subset of classic BPF
     /// the compiler emits).
     fn run(p: &Program, arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        execute(p, arch, nr, args).0
+    }
+
+    /// Runs a program: its decision, and how many instructions ran before the first load of
+    /// an argument (all of them if none was loaded), which is the part the kernel emulates
+    /// for every system call number when the filter is attached.
+    fn execute(p: &Program, arch: u32, nr: u32, args: [u64; 6]) -> (u32, usize) {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
@@ -932,13 +1098,18 @@ mod tests {
         }
         let prog = p.instructions();
         let (mut pc, mut acc) = (0usize, 0u32);
+        let (mut steps, mut before_args) = (0usize, None);
         loop {
             let i = prog[pc];
             pc += 1;
+            steps += 1;
             let jump = |cond: bool| if cond { i.jt as usize } else { i.jf as usize };
             match i.code {
                 BPF_LD_W_ABS => {
                     let k = i.k as usize;
+                    if i.k >= DATA_ARGS && before_args.is_none() {
+                        before_args = Some(steps);
+                    }
                     acc = u32::from_le_bytes(data[k..k + 4].try_into().unwrap());
                 }
                 BPF_AND_K => acc &= i.k,
@@ -946,8 +1117,26 @@ mod tests {
                 BPF_JEQ_K => pc += jump(acc == i.k),
                 BPF_JGT_K => pc += jump(acc > i.k),
                 BPF_JGE_K => pc += jump(acc >= i.k),
-                BPF_RET_K => return i.k,
+                BPF_RET_K => return (i.k, before_args.unwrap_or(steps)),
                 other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    }
+
+    /// What the kernel's checker demands of a classic BPF program: every jump lands inside
+    /// it, and it ends in a return.
+    fn assert_well_formed(p: &Program) {
+        let prog = p.instructions();
+        assert!(prog.len() <= BPF_MAXINSNS);
+        assert_eq!(prog.last().map(|i| i.code), Some(BPF_RET_K));
+        for (pc, i) in prog.iter().enumerate() {
+            let targets = match i.code {
+                BPF_JMP_JA => vec![i.k as usize],
+                BPF_JEQ_K | BPF_JGT_K | BPF_JGE_K => vec![i.jt as usize, i.jf as usize],
+                _ => vec![],
+            };
+            for t in targets {
+                assert!(pc + 1 + t < prog.len(), "jump at {pc} leaves the program");
             }
         }
     }
@@ -1383,5 +1572,317 @@ mod tests {
             compile(&s).unwrap()
         };
         assert_ne!(errno_in_child(&allow_all, keyctl), libc::EPERM);
+    }
+
+    /// The architectures the decision tests try: both of x86 and of arm, and none.
+    const ARCHES: [u32; 5] = [
+        AUDIT_ARCH_X86_64,
+        AUDIT_ARCH_I386,
+        AUDIT_ARCH_AARCH64,
+        AUDIT_ARCH_ARM,
+        0,
+    ];
+
+    /// The system call numbers the decision tests try: every plausible one, the same with
+    /// the x32 bit, and the extremes.
+    fn numbers() -> impl Iterator<Item = u32> {
+        (0..=600u32)
+            .flat_map(|nr| [nr, nr | X32_SYSCALL_BIT])
+            .chain([X32_SYSCALL_BIT - 1, 0x8000_0000, u32::MAX])
+    }
+
+    /// Whether a condition holds for an argument's value, straight from its definition.
+    fn holds(a: &LinuxSeccompArg, v: u64) -> bool {
+        use LinuxSeccompOperator::*;
+        let value = a.value();
+        match a.op() {
+            ScmpCmpEq => v == value,
+            ScmpCmpNe => v != value,
+            ScmpCmpGt => v > value,
+            ScmpCmpGe => v >= value,
+            ScmpCmpLt => v < value,
+            ScmpCmpLe => v <= value,
+            ScmpCmpMaskedEq => v & value == a.value_two().unwrap_or(0),
+        }
+    }
+
+    /// The rules naming each system call number, in profile order.
+    type ByNumber<'p> = HashMap<u32, Vec<&'p LinuxSyscall>>;
+
+    /// The decisions a profile asks for, worked out without compiling it.
+    struct Reference<'p> {
+        default: u32,
+        /// Per covered architecture: its audit value, whether it denies x32 numbers, and its
+        /// rules by number.
+        arches: Vec<(u32, bool, ByNumber<'p>)>,
+    }
+
+    impl<'p> Reference<'p> {
+        fn new(profile: &'p LinuxSeccomp) -> Self {
+            let default =
+                action_value(profile.default_action(), profile.default_errno_ret()).unwrap();
+            let mut arches = Vec::new();
+            for table in arch_tables(profile.architectures().as_ref()) {
+                let mut by_nr = ByNumber::new();
+                for s in profile.syscalls().iter().flatten() {
+                    let mut nrs: Vec<u32> =
+                        s.names().iter().filter_map(|n| (table.lookup)(n)).collect();
+                    nrs.dedup();
+                    for nr in nrs {
+                        by_nr.entry(nr).or_default().push(s);
+                    }
+                }
+                arches.push((table.audit, table.deny_x32, by_nr));
+            }
+            Reference { default, arches }
+        }
+
+        /// The rules naming `nr`, `None` for an architecture the profile does not cover.
+        fn rules(&self, arch: u32, nr: u32) -> Option<&[&'p LinuxSyscall]> {
+            let (_, _, by_nr) = self.arches.iter().find(|(a, ..)| *a == arch)?;
+            Some(by_nr.get(&nr).map_or(&[], Vec::as_slice))
+        }
+
+        /// Kill on an architecture the filter does not cover, deny numbers from the x32 bit
+        /// up on x86_64, else the first rule naming the call whose conditions all hold, else
+        /// the default.
+        fn decide(&self, arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+            let Some((_, deny_x32, _)) = self.arches.iter().find(|(a, ..)| *a == arch) else {
+                return RET_KILL_PROCESS;
+            };
+            if *deny_x32 && nr >= X32_SYSCALL_BIT {
+                return if matches!(self.default, RET_ALLOW | RET_LOG) {
+                    EPERM
+                } else {
+                    self.default
+                };
+            }
+            for s in self.rules(arch, nr).into_iter().flatten() {
+                if s.args().iter().flatten().all(|a| holds(a, args[a.index()])) {
+                    return action_value(s.action(), s.errno_ret()).unwrap();
+                }
+            }
+            self.default
+        }
+    }
+
+    /// Argument vectors that probe the conditions of `rules`: for each rule, one vector
+    /// meeting all its conditions, then each condition's argument moved across the
+    /// condition's boundaries.
+    fn probes(rules: &[&LinuxSyscall]) -> Vec<[u64; 6]> {
+        use LinuxSeccompOperator::*;
+        let mut out = vec![[0; 6], [u64::MAX; 6]];
+        for s in rules {
+            let conds = s.args().as_deref().unwrap_or(&[]);
+            let mut base = [0u64; 6];
+            for a in conds {
+                let v = a.value();
+                base[a.index()] = match a.op() {
+                    ScmpCmpNe => v ^ 1,
+                    ScmpCmpGt => v.saturating_add(1),
+                    ScmpCmpLt => v.saturating_sub(1),
+                    ScmpCmpMaskedEq => a.value_two().unwrap_or(0),
+                    ScmpCmpEq | ScmpCmpGe | ScmpCmpLe => v,
+                };
+            }
+            out.push(base);
+            for a in conds {
+                let (v, two) = (a.value(), a.value_two().unwrap_or(0));
+                for candidate in [
+                    v.wrapping_sub(1),
+                    v,
+                    v.wrapping_add(1),
+                    v ^ 1 << 32,
+                    v ^ 1,
+                    two,
+                    two | !v,
+                    two ^ (v & v.wrapping_neg()),
+                    0,
+                    u64::MAX,
+                ] {
+                    let mut probe = base;
+                    probe[a.index()] = candidate;
+                    out.push(probe);
+                }
+            }
+        }
+        out
+    }
+
+    /// Compiles `profile` and checks the program's decision against the [`Reference`] for
+    /// every architecture, number and probe; returns the program.
+    fn assert_decides_like_reference(profile: &LinuxSeccomp) -> Program {
+        let p = compile(profile).unwrap();
+        assert_well_formed(&p);
+        let reference = Reference::new(profile);
+        for arch in ARCHES {
+            for nr in numbers() {
+                let rules = reference.rules(arch, nr).unwrap_or(&[]);
+                for a in probes(rules) {
+                    let (got, want) = (run(&p, arch, nr, a), reference.decide(arch, nr, a));
+                    assert_eq!(got, want, "arch {arch:#x} nr {nr:#x} args {a:x?}");
+                }
+            }
+        }
+        p
+    }
+
+    fn all_caps() -> Capabilities {
+        let mut caps = default_caps();
+        caps.extend(ALLOWED_WITH_CAPABILITY.iter().map(|(c, _)| *c));
+        caps
+    }
+
+    /// A profile for the host's architecture of conditional rules over every allowed name:
+    /// each operator, one or two conditions, several actions, unconditional rules shadowing
+    /// later ones, names sharing a rule, and one call with a chain of rules longer than a
+    /// conditional jump reaches.
+    fn conditional_profile(default: LinuxSeccompAction) -> LinuxSeccomp {
+        use LinuxSeccompAction::*;
+        use LinuxSeccompOperator::*;
+        const OPS: [LinuxSeccompOperator; 7] = [
+            ScmpCmpEq,
+            ScmpCmpNe,
+            ScmpCmpGt,
+            ScmpCmpGe,
+            ScmpCmpLt,
+            ScmpCmpLe,
+            ScmpCmpMaskedEq,
+        ];
+        let rule = |names: &[&str], i: usize, args: Vec<LinuxSeccompArg>| {
+            let (action, errno) = match i % 4 {
+                0 => (ScmpActErrno, Some(i as u32 % 4000 + 1)),
+                1 => (ScmpActAllow, None),
+                2 => (ScmpActLog, None),
+                _ => (ScmpActTrace, Some(i as u32 % 7)),
+            };
+            let mut r = syscall_rule(names, action);
+            r.set_errno_ret(errno)
+                .set_args((!args.is_empty()).then_some(args));
+            r
+        };
+        let mut rules = Vec::new();
+        let names = ALLOWED.iter().filter(|n| !n.starts_with("exit"));
+        let names: Vec<&str> = names.copied().collect();
+        for (i, chunk) in names.chunks(3).enumerate() {
+            let value = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (i % 61);
+            let mut args = vec![arg(
+                i % 6,
+                OPS[i % 7],
+                value,
+                Some(value & 0xf0f0_0ff0_000f),
+            )];
+            if i % 3 == 0 {
+                args.push(arg((i + 1) % 6, OPS[(i + 3) % 7], value >> 20, Some(0)));
+            }
+            rules.push(rule(chunk, i, args));
+            if i % 5 == 0 {
+                rules.push(rule(&chunk[..1], i + 1, vec![]));
+                rules.push(rule(&chunk[..1], i + 2, vec![arg(0, ScmpCmpEq, 0, None)]));
+            }
+        }
+        for j in 0..60 {
+            rules.push(rule(
+                &["exit_group"],
+                j,
+                vec![arg(0, ScmpCmpEq, j as u64, None)],
+            ));
+        }
+        let mut profile = LinuxSeccomp::default();
+        profile
+            .set_default_action(default)
+            .set_architectures(Some(host_architectures()[..1].to_vec()))
+            .set_syscalls(Some(rules));
+        profile
+    }
+
+    #[test]
+    fn default_profiles_decide_like_the_reference() {
+        for caps in [default_caps(), all_caps(), Capabilities::new()] {
+            assert_decides_like_reference(&default_profile(&caps));
+        }
+    }
+
+    #[test]
+    fn conditional_profiles_decide_like_the_reference() {
+        use LinuxSeccompAction::*;
+        for default in [ScmpActErrno, ScmpActAllow, ScmpActKillProcess] {
+            let p = assert_decides_like_reference(&conditional_profile(default));
+            // Long enough that the search needs `ja` beyond the architecture dispatch.
+            let far = p.instructions().iter().filter(|i| i.code == BPF_JMP_JA);
+            assert!(far.count() > 3, "{} instructions", p.instructions().len());
+        }
+    }
+
+    /// The kernel takes the long conditional profile (jumps over 255 instructions).
+    #[test]
+    fn the_kernel_takes_long_searches() {
+        let p = compile(&conditional_profile(LinuxSeccompAction::ScmpActAllow)).unwrap();
+        // SAFETY: a plain system call.
+        let getppid: fn() -> libc::c_long = || unsafe { libc::syscall(libc::SYS_getppid) };
+        assert_ne!(errno_in_child(&p, getppid), 200, "seccomp() refused it");
+    }
+
+    /// The default program is a search, not a chain: no system call number runs more than a
+    /// few instructions before its decision (or its first argument check).
+    #[test]
+    fn default_searches_are_short() {
+        for caps in [default_caps(), all_caps()] {
+            let p = compile(&default_profile(&caps)).unwrap();
+            let longest = ARCHES
+                .iter()
+                .flat_map(|a| numbers().map(move |nr| (*a, nr)))
+                .map(|(arch, nr)| execute(&p, arch, nr, [0; 6]).1)
+                .max()
+                .unwrap();
+            assert!(longest < 24, "{longest} instructions on the longest path");
+            assert!(p.instructions().len() < 512, "{}", p.instructions().len());
+        }
+    }
+
+    #[test]
+    fn long_rules_compile_or_say_why() {
+        use LinuxSeccompAction::ScmpActErrno;
+        use LinuxSeccompOperator::ScmpCmpEq;
+        let profile = |rules: Vec<LinuxSyscall>| {
+            let mut p = LinuxSeccomp::default();
+            p.set_default_action(LinuxSeccompAction::ScmpActAllow)
+                .set_syscalls(Some(rules));
+            p
+        };
+        let conditional = |count: usize, conds: usize| {
+            (0..count)
+                .map(|j| {
+                    let mut r = syscall_rule(&["kill"], ScmpActErrno);
+                    let args = (0..conds).map(|c| arg(c % 6, ScmpCmpEq, (j + c) as u64, None));
+                    r.set_args(Some(args.collect()));
+                    r
+                })
+                .collect::<Vec<_>>()
+        };
+        // A long chain of rules for one call is fine.
+        let p = compile(&profile(conditional(100, 1))).unwrap();
+        assert_well_formed(&p);
+        let kill = host_architectures()[0];
+        let (audit, nr) = if kill == Arch::ScmpArchAarch64 {
+            (AUDIT_ARCH_AARCH64, aarch64_nr("kill").unwrap())
+        } else {
+            (AUDIT_ARCH_X86_64, x86_64_nr("kill").unwrap())
+        };
+        assert_eq!(run(&p, audit, nr, [99, 0, 0, 0, 0, 0]), EPERM);
+        assert_eq!(run(&p, audit, nr, [100, 0, 0, 0, 0, 0]), RET_ALLOW);
+        // One rule whose conditions a conditional jump cannot skip is not.
+        let err = compile(&profile(conditional(1, 70)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("the rules for system call {nr} are too long")),
+            "{err}"
+        );
+        // Nor is a program longer than the kernel takes.
+        let err = compile(&profile(conditional(1000, 1)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than the kernel's 4096"), "{err}");
     }
 }
