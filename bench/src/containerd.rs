@@ -1,7 +1,9 @@
 //! A private containerd 1.6 (Debian's `/usr/bin/containerd`) for the benchmark: its own
 //! root, state, socket, runc root and `config.toml` in a temp dir, the CRI plugin with runc
 //! (default) and crun handlers, the cgroupfs driver, the shared CNI network and the private
-//! registry as a plain-HTTP host.
+//! registry as a plain-HTTP host. As in production (`/run/containerd` on tmpfs, the root on
+//! disk), `state` and the runc and crun roots below it are on a private tmpfs; the root
+//! stays on disk.
 //!
 //! On drop it SIGKILLs every shim it started (found by the socket in their command line)
 //! and what runs below them, stops containerd (SIGTERM, SIGKILL after 5 s), unmounts
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use crate::host::{entries, kill_tree, processes, CNI_PLUGINS};
+use crate::host::{entries, kill_tree, mount_tmpfs, processes, CNI_PLUGINS, STATE_TMPFS_SIZE};
 
 const BINARY: &str = "/usr/bin/containerd";
 const SHIM: &str = "containerd-shim-runc-v2";
@@ -46,6 +48,11 @@ impl Containerd {
             child: None,
             sockets_before: entries(Path::new(SHIM_SOCKETS)),
         };
+        // Mounted once `c` exists: its drop unmounts everything under the dir.
+        let state = c.state();
+        std::fs::create_dir(&state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
+        mount_tmpfs(&state, STATE_TMPFS_SIZE)?;
         c.write_config(registry_host, sandbox_image, cni_conf_dir)?;
         c.spawn()?;
         Ok(c)
@@ -53,6 +60,16 @@ impl Containerd {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("containerd.sock")
+    }
+
+    /// containerd's `state` dir (a private tmpfs), holding the runc and crun roots too.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// containerd's `root` dir (on disk).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -134,12 +151,12 @@ state = "{state}"
 [{cri}.registry]
   config_path = "{certs}"
 "#,
-            root = p("root"),
-            state = p("state"),
+            root = self.root().display(),
+            state = self.state().display(),
             socket = self.socket().display(),
             opt = p("opt"),
-            runc_root = p("runc"),
-            crun_root = p("crun"),
+            runc_root = self.state().join("runc").display(),
+            crun_root = self.state().join("crun").display(),
             cni = cni.display(),
             certs = p("certs.d"),
         );

@@ -13,6 +13,13 @@ use serde_json::json;
 /// Where Debian's CNI plugins live.
 pub const CNI_PLUGINS: &str = "/usr/lib/cni";
 
+/// Size limit of the tmpfs each runtime's `state` dir is on (only what is written uses
+/// memory).
+pub const STATE_TMPFS_SIZE: &str = "2g";
+
+/// The file name of the network list in the private CNI conf dir.
+const LIST_FILE: &str = "10-bench.conflist";
+
 const HUGETLB: &str = "/sys/fs/cgroup/hugetlb";
 
 /// How long [`HugetlbMount`]'s drop waits for removed cgroups of the hierarchy to be
@@ -170,10 +177,16 @@ pub fn entries(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Where libcni (containerd's CNI library) caches ADD results: `<network>-<id>-<ifname>`.
+const LIBCNI_RESULTS: &str = "/var/lib/cni/results";
+
 /// A private CNI network list (bridge + host-local on 10.125.x.0/24, then loopback) in its
-/// own conf dir, with its IPAM data dir; the bridge and its veths are deleted on drop.
+/// own conf dir, with its IPAM data dir; the bridge and its veths are deleted on drop, and
+/// so are the results containerd cached for pods of this network that it never tore down
+/// (an interrupted run).
 pub struct CniNet {
     dir: tempfile::TempDir,
+    name: String,
     pub bridge: Bridge,
 }
 
@@ -188,13 +201,14 @@ impl CniNet {
             .context("cannot create the CNI temp dir")?;
         let net = CniNet {
             dir,
+            name: format!("cairn-bench-{}", std::process::id()),
             bridge: Bridge::new(),
         };
         std::fs::create_dir(net.conf_dir()).context("cannot create the CNI conf dir")?;
         let subnet = format!("10.125.{}.0/24", std::process::id() % 250);
         let list = json!({
             "cniVersion": "1.0.0",
-            "name": format!("cairn-bench-{}", std::process::id()),
+            "name": net.name,
             "plugins": [
                 {
                     "type": "bridge",
@@ -210,7 +224,7 @@ impl CniNet {
                 {"type": "loopback"}
             ]
         });
-        let path = net.conf_dir().join("10-bench.conflist");
+        let path = net.list_path();
         let text = serde_json::to_string_pretty(&list).context("cannot encode the CNI list")?;
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(net)
@@ -218,6 +232,63 @@ impl CniNet {
 
     pub fn conf_dir(&self) -> PathBuf {
         self.dir.path().join("net.d")
+    }
+
+    /// The network list file in [`CniNet::conf_dir`].
+    pub fn list_path(&self) -> PathBuf {
+        self.conf_dir().join(LIST_FILE)
+    }
+}
+
+impl Drop for CniNet {
+    /// Removes libcni's cached results of this network's pods, and of their loopback
+    /// (go-cni's own `cni-loopback` network, same sandbox id).
+    fn drop(&mut self) {
+        let prefix = format!("{}-", self.name);
+        for path in entries(Path::new(LIBCNI_RESULTS)) {
+            let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(id) = file
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix("-eth0"))
+            else {
+                continue;
+            };
+            let _ = std::fs::remove_file(
+                Path::new(LIBCNI_RESULTS).join(format!("cni-loopback-{id}-lo")),
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Mounts a private tmpfs of `size` on `dir` (the owner of `dir` unmounts it).
+pub fn mount_tmpfs(dir: &Path, size: &str) -> Result<()> {
+    let dir = dir
+        .to_str()
+        .context("a tmpfs mount point that is not UTF-8")?;
+    let options = format!("size={size},mode=0711");
+    run("mount", &["-t", "tmpfs", "-o", &options, "tmpfs", dir])
+        .with_context(|| format!("cannot mount a tmpfs on {dir}"))
+}
+
+/// "tmpfs" when `path` is on a tmpfs, else "disk" (or "?" when it cannot be told).
+pub fn fs_kind(path: &Path) -> &'static str {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return "?";
+    };
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a buffer of the right type to fill.
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return "?";
+    }
+    if buf.f_type as i64 == TMPFS_MAGIC {
+        "tmpfs"
+    } else {
+        "disk"
     }
 }
 

@@ -1,17 +1,21 @@
 //! `cairn-bench`: runs the identical CRI workload against cairn and a private containerd
 //! (with runc, and with crun) on this machine, interleaved, and prints median and p95 of
-//! every row with the cairn/containerd ratio. Run as root, through `bench/run.sh`.
+//! every row with the cairn/containerd ratio, then whether the targets are met. It also
+//! times the CNI plugins alone (the same network list, run by the bench itself). As in
+//! production, each runtime's volatile `state` dir is on a (private) tmpfs and its root on
+//! disk. Run as root, through `bench/run.sh`.
 //!
 //! Everything it starts (registry, cairnd, containerd, shims, mounts, cgroups under a
-//! private parent, the CNI bridge, the hugetlb mount) is undone by drop guards, also when
-//! a step fails.
+//! private parent, the CNI bridge, network namespaces, the hugetlb mount) is undone by drop
+//! guards, also when a step fails.
 
+mod cni;
 mod containerd;
 mod host;
 mod report;
 mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -25,7 +29,7 @@ use clap::Parser;
 
 use containerd::Containerd;
 use host::{CgroupParent, CniNet, HugetlbMount, Leftovers};
-use report::{Results, CAIRN, CRUN, RUNC};
+use report::{Results, CAIRN, CRUN, PLUGINS, PLUGINS_ROW, RUNC};
 use workload::Target;
 
 /// Benchmark cairn against containerd 1.6 (runc and crun) through the same CRI client.
@@ -86,22 +90,21 @@ async fn main() -> ExitCode {
 async fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
     // Dropping the benchmark's future on a signal runs every drop guard it holds.
-    let results = tokio::select! {
+    let (results, layout) = tokio::select! {
         r = bench(args) => r?,
         sig = interrupted() => anyhow::bail!("stopped by {sig}; everything started was cleaned up"),
     };
-    let text = results.text();
-    println!("\n{text}");
+    let settings = format!(
+        "reps = {}, pull = {} MB, memory with {} pods, {} pods at once; took {:.0} s",
+        args.reps,
+        args.pull_mb,
+        args.mem_pods,
+        args.concurrent,
+        started.elapsed().as_secs_f64(),
+    );
+    println!("\n{settings}\n{layout}\n\n{}", results.text());
     if let Some(out) = &args.out {
-        let md = format!(
-            "reps = {}, pull = {} MB, memory with {} pods, {} pods at once; took {:.0} s\n\n{}",
-            args.reps,
-            args.pull_mb,
-            args.mem_pods,
-            args.concurrent,
-            started.elapsed().as_secs_f64(),
-            results.markdown()
-        );
+        let md = format!("{settings}\n\n{layout}\n\n{}", results.markdown());
         std::fs::write(out, md).with_context(|| format!("cannot write {}", out.display()))?;
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
@@ -139,7 +142,8 @@ fn push_images(registry: &Registry, pull_mb: u64) -> Result<()> {
     Ok(())
 }
 
-async fn bench(args: &Args) -> Result<Results> {
+/// Runs everything; the results and a line saying where each runtime's state and root are.
+async fn bench(args: &Args) -> Result<(Results, String)> {
     eprintln!(
         "starting the registry and pushing images ({} MB)",
         args.pull_mb
@@ -167,7 +171,8 @@ async fn bench(args: &Args) -> Result<Results> {
     eprintln!("starting cairnd and containerd");
     // Dropped after cairnd (and before the cgroups): shims of a cairnd that died.
     let mut cairn_shims = Leftovers::new("cairn-shim");
-    let mut cairnd = Cairnd::start(&cni_toml).context("starting cairnd")?;
+    let mut cairnd = Cairnd::start_with_tmpfs_state(host::STATE_TMPFS_SIZE, &cni_toml)
+        .context("starting cairnd")?;
     cairn_shims.watch(&cairnd.state());
     quiet(&mut cairnd)?;
     let ctrd = Containerd::start(
@@ -191,7 +196,10 @@ async fn bench(args: &Args) -> Result<Results> {
     if !args.no_crun {
         targets.push(make(CRUN, ctrd_channel, "crun"));
     }
-    let outcome = run_all(args, &registry, &mut targets, &cairnd, &ctrd).await;
+    let layout = layout(&cairnd, &ctrd);
+    eprintln!("{layout}");
+    let chain = cni::Chain::load(&cni.list_path(), Path::new(host::CNI_PLUGINS))?;
+    let outcome = run_all(args, &registry, &mut targets, &chain, &cairnd, &ctrd).await;
     for t in &mut targets {
         t.remove_all_pods().await;
     }
@@ -200,7 +208,22 @@ async fn bench(args: &Args) -> Result<Results> {
         eprintln!("cairnd log tail:\n{}", tail(&cairnd.log(), 30));
         eprintln!("failed: {e:#}; cleaning up");
     }
-    outcome
+    outcome.map(|r| (r, layout))
+}
+
+/// Where each runtime keeps its volatile state and its root, with the filesystem type
+/// each is really on.
+fn layout(cairnd: &Cairnd, ctrd: &Containerd) -> String {
+    let on = |p: &Path| format!("{} on {}", p.display(), host::fs_kind(p));
+    format!(
+        "state dirs (volatile, under /run on tmpfs in production): cairn {}, containerd {} \
+         (runc and crun roots inside)\nroots (persistent, on disk in production): cairn {}, \
+         containerd {}",
+        on(&cairnd.state()),
+        on(&ctrd.state()),
+        on(&cairnd.root()),
+        on(&ctrd.root()),
+    )
 }
 
 /// Restarts cairnd with `log_level = "info"` (the harness writes "debug", whose per-frame
@@ -225,6 +248,7 @@ async fn run_all(
     args: &Args,
     registry: &Registry,
     targets: &mut [Target],
+    chain: &cni::Chain,
     cairnd: &Cairnd,
     ctrd: &Containerd,
 ) -> Result<Results> {
@@ -236,8 +260,20 @@ async fn run_all(
         t.pull(&busybox).await.with_context(|| t.name.clone())?;
         lifecycle(t, "warmup", true).await?;
     }
+    // Also makes the bridge, which the first bridge pod would otherwise pay for.
+    eprintln!("CNI plugins alone: warming up");
+    let id = |what: &str| format!("cairn-bench-{}-{what}", std::process::id());
+    chain
+        .time_add(&id("warmup"))
+        .await
+        .context("CNI plugins alone, warmup")?;
     for rep in 0..args.reps {
         eprintln!("repetition {}/{}", rep + 1, args.reps);
+        let took = chain
+            .time_add(&id(&rep.to_string()))
+            .await
+            .with_context(|| format!("CNI plugins alone, repetition {rep}"))?;
+        res.add(PLUGINS_ROW, "ms", PLUGINS, took);
         for t in targets.iter_mut() {
             one_rep(t, rep, &mut res)
                 .await
