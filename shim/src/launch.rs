@@ -25,19 +25,32 @@
 //! "ready", or an error message; after start, end of file means `execve` succeeded (the
 //! pipe closed on exec) and a message means it failed.
 //!
+//! [`exec`] and [`exec_now`] have no middle child: the calling thread points the pid
+//! namespace of its children at the container's (`setns`, undone right after the fork),
+//! so the exec'd process starts in it, and joins the cgroups and the other namespaces
+//! itself before its setup. The report pipe then carries no pid (the fork returned it).
+//!
+//! [`exec_now`] has no start pipe either: the exec'd process calls `execve` as soon as it
+//! is set up, and the report pipe carries either a failure or end of file. It needs no
+//! handshake because nothing in the caller may reap children it does not know (see
+//! below): an exec'd process that exits before the caller looks stays a zombie, its status
+//! kept by the kernel until the caller waits for that pid.
+//!
 //! Requirements on the caller: it must be a child subreaper (`PR_SET_CHILD_SUBREAPER`) so
-//! that container processes become its children; it reaps them (the launcher reaps only
-//! the middle children, and the container process when `create` fails). It may be
-//! multi-threaded: children are made with glibc's `fork()`, never log and only use
-//! async-signal-safe calls plus malloc. The calls block (a few milliseconds): call them
-//! from a blocking thread, not an async task.
+//! that container processes become its children; it reaps them by pid, never with
+//! `waitpid(-1)` or with `SIGCHLD` ignored, which would take the launcher's children and
+//! their statuses (the launcher reaps only the middle children, and the container or
+//! exec'd process when `create`, `exec` or `exec_now` fails). It may be multi-threaded:
+//! children are made with glibc's `fork()`, never log and only use async-signal-safe calls
+//! plus malloc. The calls block (a few milliseconds): call them from a blocking thread,
+//! not an async task.
 
 mod child;
 pub mod oci;
 mod plan;
 mod sys;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -49,7 +62,7 @@ use std::sync::Arc;
 use cairn_snapshotter::snapshot::OverlayMount;
 use libc::pid_t;
 
-use child::{ChildIo, ChildStdio, Middle, MAX_MESSAGE, TAG_ERROR, TAG_PID, TAG_READY};
+use child::{ChildIo, ChildStdio, MAX_MESSAGE, TAG_ERROR, TAG_EXEC, TAG_PID, TAG_READY};
 
 /// Why a container could not be created, started or exec'd. The messages are meant for
 /// CRI status messages: they name the spec field, path or command at fault.
@@ -129,7 +142,7 @@ pub struct CreateOptions<'a> {
 /// without running anything; the caller still reaps it.
 #[derive(Debug)]
 pub struct Created {
-    /// Host pid; a child of the caller (adopted as subreaper).
+    /// Host pid; a child of the caller (a container's adopted by it as subreaper).
     pub pid: i32,
     /// The terminal's master side with [`Stdio::Terminal`]. Take it before `start()`,
     /// which consumes `self`.
@@ -155,7 +168,11 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
     )?;
     let console = opts.spec.process().as_ref().and_then(|p| p.console_size());
     let (stdio, pty_master) = prepare_stdio(opts.stdio, console)?;
-    let mut created = launch(Middle::Create(&plan), plan.fds(), stdio, pty_master)?;
+    let (start_r, start_w) = start_pipe()?;
+    let (middle_pid, mut report) = spawn(Child::Middle(&plan), stdio, Some(start_r))?;
+    let outcome = read_setup(&mut report, None);
+    let middle_status = sys::waitpid(middle_pid);
+    let mut created = held(outcome?, start_w, report, pty_master, Some(middle_status))?;
     created.seccomp = plan.process.seccomp.clone();
     Ok(created)
 }
@@ -168,8 +185,8 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
 /// an exec'd process is confined like the container's own.
 ///
 /// Like [`create`], it returns the process (a child of the caller) blocked before
-/// `execve`: call [`Created::start`] right away. The split lets the caller record the pid
-/// with its reaper before the process can exit.
+/// `execve`: call [`Created::start`] right away (or use [`exec_now`], which does not
+/// stop there).
 pub fn exec(
     target_pid: i32,
     process: &oci_spec::runtime::Process,
@@ -180,7 +197,49 @@ pub fn exec(
     ensure_subreaper()?;
     let plan = plan::exec(target_pid, process, seccomp, cgroup_procs)?;
     let (stdio, pty_master) = prepare_stdio(stdio, process.console_size())?;
-    launch(Middle::Exec(&plan), plan.fds(), stdio, pty_master)
+    let (start_r, start_w) = start_pipe()?;
+    let (pid, mut report) = spawn(Child::Exec(&plan), stdio, Some(start_r))?;
+    let outcome = read_setup(&mut report, Some(pid))?;
+    held(outcome, start_w, report, pty_master, None)
+}
+
+/// A process that has called `execve` (from [`exec_now`]).
+#[derive(Debug)]
+pub struct Running {
+    /// Host pid; a child of the caller, which reaps it by pid.
+    pub pid: i32,
+    /// The terminal's master side with [`Stdio::Terminal`].
+    pub pty_master: Option<OwnedFd>,
+}
+
+/// [`exec`] without the start handshake: the process calls `execve` as soon as it is set
+/// up, and this returns once it has. Wake-ups fewer than `exec` + [`Created::start`], for
+/// callers that need nothing done between the two.
+///
+/// The process may have exited by the time this returns: it stays a zombie until the
+/// caller waits for its pid. If the command cannot be executed, returns
+/// [`LaunchError::Exec`] with the same message as `start` would; on any error the process
+/// has been reaped. A process killed during its setup without a word looks like a success
+/// here: its exit status tells.
+pub fn exec_now(
+    target_pid: i32,
+    process: &oci_spec::runtime::Process,
+    seccomp: Option<Arc<crate::seccomp::Program>>,
+    cgroup_procs: &[PathBuf],
+    stdio: Stdio,
+) -> Result<Running, LaunchError> {
+    ensure_subreaper()?;
+    let plan = plan::exec(target_pid, process, seccomp, cgroup_procs)?;
+    let (stdio, pty_master) = prepare_stdio(stdio, process.console_size())?;
+    let (pid, mut report) = spawn(Child::Exec(&plan), stdio, None)?;
+    let outcome = read_failure(&mut report);
+    let failure = match outcome {
+        Ok(None) => return Ok(Running { pid, pty_master }),
+        Ok(Some(failure)) => failure,
+        Err(e) => e,
+    };
+    let _ = sys::waitpid(pid);
+    Err(failure)
 }
 
 impl Created {
@@ -318,45 +377,26 @@ enum Setup {
     Silent,
 }
 
-/// Forks the middle child, collects the container process's pid and setup result.
-fn launch(
-    middle: Middle<'_, '_>,
-    plan_fds: Vec<RawFd>,
-    stdio: HostStdio,
+fn start_pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    sys::pipe().map_err(|e| io_error("creating the launcher's start pipe", e))
+}
+
+/// The end of a held launch: the process set up and blocked before `execve`, or why not
+/// (the processes made reaped). `middle_status` is the middle child's wait status, for a
+/// launch that never learnt the pid.
+fn held(
+    (pid, setup): (Option<pid_t>, Setup),
+    start: OwnedFd,
+    report: BufReader<File>,
     pty_master: Option<OwnedFd>,
+    middle_status: Option<std::io::Result<libc::c_int>>,
 ) -> Result<Created, LaunchError> {
-    let (report_r, report_w) =
-        sys::pipe().map_err(|e| io_error("creating the launcher's report pipe", e))?;
-    let (start_r, start_w) =
-        sys::pipe().map_err(|e| io_error("creating the launcher's start pipe", e))?;
-    let mut keep = plan_fds;
-    keep.extend([report_w.as_raw_fd(), start_r.as_raw_fd()]);
-    keep.extend(stdio.raw_fds());
-    keep.sort_unstable();
-    keep.dedup();
-    let io = ChildIo {
-        report: report_w.as_raw_fd(),
-        start: start_r.as_raw_fd(),
-        stdio: stdio.child_view(),
-        keep: &keep,
-    };
-    let middle_pid = sys::fork().map_err(|e| io_error("forking the container process", e))?;
-    if middle_pid == 0 {
-        child::run_middle(middle, &io)
-    }
-    // The children's ends: with these closed, end of file on the report pipe means no
-    // child holds it any more.
-    drop((report_w, start_r, stdio));
-    let mut report = BufReader::new(File::from(report_r));
-    let outcome = read_setup(&mut report);
-    let middle_status = sys::waitpid(middle_pid);
-    let (pid, setup) = outcome?;
     match (setup, pid) {
         (Setup::Ready, Some(pid)) => Ok(Created {
             pid,
             pty_master,
             seccomp: None,
-            start: start_w,
+            start,
             report,
         }),
         (Setup::Failed(msg), pid) => {
@@ -370,15 +410,109 @@ fn launch(
             Err(LaunchError::Died(status.unwrap_or_else(|e| e.to_string())))
         }
         (_, None) => {
-            let status = middle_status.map(sys::describe_status);
-            Err(LaunchError::Died(status.unwrap_or_else(|e| e.to_string())))
+            let status = middle_status.map(|s| s.map(sys::describe_status));
+            let why = match status {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => e.to_string(),
+                None => "no pid".into(),
+            };
+            Err(LaunchError::Died(why))
         }
     }
 }
 
-/// Reads report records until both the pid and the setup result are known, or EOF.
-fn read_setup(report: &mut BufReader<File>) -> Result<(Option<pid_t>, Setup), LaunchError> {
-    let mut pid = None;
+/// What a launch forks.
+enum Child<'p, 'a> {
+    /// The middle child of a container.
+    Middle(&'p plan::ContainerPlan<'a>),
+    /// An exec'd process, forked straight into the target's pid namespace.
+    Exec(&'p plan::ExecPlan),
+}
+
+/// Forks `what` with the report pipe and, if given, the start pipe's read end; returns the
+/// child's pid and the report pipe's read end, all the children's ends closed in the
+/// caller.
+fn spawn(
+    what: Child<'_, '_>,
+    stdio: HostStdio,
+    start_r: Option<OwnedFd>,
+) -> Result<(pid_t, BufReader<File>), LaunchError> {
+    let (report_r, report_w) =
+        sys::pipe().map_err(|e| io_error("creating the launcher's report pipe", e))?;
+    let mut keep = match &what {
+        Child::Middle(plan) => plan.fds(),
+        Child::Exec(plan) => plan.fds(),
+    };
+    keep.push(report_w.as_raw_fd());
+    keep.extend(start_r.as_ref().map(|r| r.as_raw_fd()));
+    keep.extend(stdio.raw_fds());
+    keep.sort_unstable();
+    keep.dedup();
+    let io = ChildIo {
+        report: report_w.as_raw_fd(),
+        start: start_r.as_ref().map(|r| r.as_raw_fd()),
+        stdio: stdio.child_view(),
+        keep: &keep,
+    };
+    let pid = match &what {
+        Child::Middle(_) => sys::fork().map_err(|e| io_error("forking the container process", e)),
+        Child::Exec(plan) => fork_in_pid_ns(plan.pid_ns.as_ref()),
+    }?;
+    if pid == 0 {
+        match what {
+            Child::Middle(plan) => child::run_middle(plan, &io),
+            Child::Exec(plan) => child::run_exec(plan, &io),
+        }
+    }
+    // The children's ends: with these closed, end of file on the report pipe means no
+    // child holds it any more.
+    drop((report_w, start_r, stdio));
+    Ok((pid, BufReader::new(File::from(report_r))))
+}
+
+/// The pid namespace of this process, where [`fork_in_pid_ns`] points the calling
+/// thread's children back to.
+fn own_pid_ns() -> Result<&'static OwnedFd, std::io::Error> {
+    static OWN: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = OWN.get() {
+        return Ok(fd);
+    }
+    let fd = sys::open(c"/proc/self/ns/pid", libc::O_RDONLY)?;
+    // Another thread may have won the race: then its descriptor is kept, ours closed.
+    Ok(OWN.get_or_init(|| fd))
+}
+
+/// Forks with the children of the calling thread in pid namespace `ns` (None: ours), so
+/// that the child starts as a member of it. `setns` changes this for the calling thread
+/// only, and it is undone right after the fork.
+fn fork_in_pid_ns(ns: Option<&plan::NsJoin>) -> Result<pid_t, LaunchError> {
+    let fork = || sys::fork().map_err(|e| io_error("forking the exec'd process", e));
+    let Some(ns) = ns else {
+        return fork();
+    };
+    let home = own_pid_ns().map_err(|e| io_error("opening /proc/self/ns/pid", e))?;
+    sys::setns(ns.fd.as_raw_fd(), libc::CLONE_NEWPID)
+        .map_err(|e| io_error(format!("joining {}", ns.what), e))?;
+    let forked = fork();
+    if matches!(forked, Ok(0)) {
+        return forked;
+    }
+    if let Err(e) = sys::setns(home.as_raw_fd(), libc::CLONE_NEWPID) {
+        // Cannot happen (back to our own namespace, as root); if it did, every later child
+        // of this thread would be born in the container's: stop rather than do that.
+        tracing::error!(error = %e, "cannot return to the shim's pid namespace");
+        std::process::abort();
+    }
+    forked
+}
+
+/// Reads report records until both the pid (unless `known`) and the setup result are
+/// known, or EOF.
+fn read_setup(
+    report: &mut BufReader<File>,
+    known: Option<pid_t>,
+) -> Result<(Option<pid_t>, Setup), LaunchError> {
+    let mut pid = known;
     let mut setup = None;
     // A failing middle child never sends a pid: then this reads on until EOF.
     while pid.is_none() || setup.is_none() {
@@ -396,6 +530,26 @@ fn read_setup(report: &mut BufReader<File>) -> Result<(Option<pid_t>, Setup), La
         }
     }
     Ok((pid, setup.unwrap_or(Setup::Silent)))
+}
+
+/// Reads the report of an exec'd process started without a handshake to its end (it has
+/// called `execve`, or failed): its failure, if any.
+fn read_failure(report: &mut BufReader<File>) -> Result<Option<LaunchError>, LaunchError> {
+    let mut failure = None;
+    loop {
+        let record =
+            recv(report).map_err(|e| io_error("reading the exec'd process's report", e))?;
+        let Some((tag, payload)) = record else {
+            return Ok(failure);
+        };
+        let text = String::from_utf8_lossy(&payload).into_owned();
+        match tag {
+            _ if failure.is_some() => {}
+            TAG_EXEC => failure = Some(LaunchError::Exec(text)),
+            TAG_ERROR => failure = Some(LaunchError::Setup(text)),
+            _ => failure = Some(LaunchError::Setup(format!("unexpected report {text:?}"))),
+        }
+    }
 }
 
 /// Reads one record `[tag, len u32 le, payload]`; None at end of file.

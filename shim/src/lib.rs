@@ -9,6 +9,7 @@ pub mod control;
 pub mod cri;
 pub mod crilog;
 pub mod devfilter;
+pub mod execsync;
 pub mod launch;
 pub mod podns;
 pub mod runtime;

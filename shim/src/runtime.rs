@@ -42,6 +42,7 @@ use tonic::Status;
 use crate::cgroup::{Cgroup, Layout};
 use crate::cni::{self, Cni, CniConfig};
 use crate::config::{RuntimeHandler, RuntimeKind};
+use crate::execsync;
 use crate::podns;
 use crate::spec::{self, ContainerContext, PodContext};
 use crate::task::{overlay_to, read_exit, StatsJson, REOPEN_LOG};
@@ -151,7 +152,7 @@ pub struct Runtime {
     pub images: Arc<ImageService>,
     state: PathBuf,
     shim_bin: PathBuf,
-    shims: Mutex<HashMap<String, TaskClient>>,
+    shims: Mutex<HashMap<String, ShimClient>>,
     /// Serialises changes to pod and container records.
     lock: Mutex<()>,
     events: broadcast::Sender<ContainerEvent>,
@@ -310,16 +311,27 @@ impl Runtime {
     }
 
     async fn shim(&self, pod: &PodRecord) -> Result<TaskClient, Status> {
+        Ok(self.shim_client(pod).await?.task)
+    }
+
+    /// The pod's shim connection, made on first use and kept.
+    async fn shim_client(&self, pod: &PodRecord) -> Result<ShimClient, Status> {
         if let Some(c) = self.shims.lock().await.get(&pod.id) {
             return Ok(c.clone());
         }
         let sock = format!("unix://{}", pod.dir.join("shim.sock").display());
-        let client = ttrpc::asynchronous::Client::connect(&sock)
+        let conn = ttrpc::asynchronous::Client::connect(&sock)
             .await
             .map_err(|e| Status::unavailable(format!("pod {}: shim unreachable: {e}", pod.id)))?;
-        let task = TaskClient::new(client);
-        self.shims.lock().await.insert(pod.id.clone(), task.clone());
-        Ok(task)
+        let client = ShimClient {
+            task: TaskClient::new(conn.clone()),
+            conn,
+        };
+        self.shims
+            .lock()
+            .await
+            .insert(pod.id.clone(), client.clone());
+        Ok(client)
     }
 
     // ---- pods --------------------------------------------------------------------------
@@ -583,7 +595,7 @@ impl Runtime {
 
     /// Asks the shim to exit (it kills what is left and releases the namespaces).
     async fn teardown_pod(&self, pod: &PodRecord) {
-        let client = self.shims.lock().await.remove(&pod.id);
+        let client = self.shims.lock().await.remove(&pod.id).map(|c| c.task);
         let client = match client {
             Some(c) => Some(c),
             None => self.shim(pod).await.ok(),
@@ -1181,7 +1193,11 @@ impl Runtime {
         Ok(())
     }
 
-    /// Runs a command in a running container and returns (stdout, stderr, exit code).
+    /// Runs a command in a running container and returns (stdout, stderr, exit code):
+    /// one call to the shim's ExecSync ([`execsync`]), or the Task API's Exec, Start, Wait
+    /// and Delete with a shim from before it. Each stream keeps its first
+    /// [`execsync::OUTPUT_LIMIT`] bytes. A timeout (seconds, > 0) kills the command and
+    /// fails with DEADLINE_EXCEEDED; a caller that goes away takes the command with it.
     pub async fn exec_sync(
         &self,
         id: &str,
@@ -1193,23 +1209,63 @@ impl Runtime {
             return Err(Status::invalid_argument("ExecSync: cmd is empty"));
         }
         let pod = self.pod(&rec.pod_id)?;
-        let client = self.shim(&pod).await?;
+        let client = self.shim_client(&pod).await?;
         let bundle = self.state.join("containers").join(&rec.id);
         let mut process = self.process_template(&rec.id, &bundle)?;
         process.set_args(Some(cmd));
         process.set_terminal(Some(false));
         let exec_id = new_id()[..16].to_string();
+        let value = serde_json::to_vec(&process).map_err(internal)?;
+        let req = execsync::ExecSyncRequest {
+            id: rec.id.clone(),
+            exec_id: exec_id.clone(),
+            process: value,
+            timeout_ms: u64::try_from(timeout).unwrap_or(0).saturating_mul(1000),
+        };
+        let guard = CancelOnDrop::new(&client.conn, &rec.id, &exec_id);
+        let answer = execsync::exec_sync(&client.conn, &req).await;
+        guard.disarm();
+        let what = || format!("exec in container {}", rec.id);
+        let Some(res) = answer.map_err(|e| ttrpc_status(&what(), e))? else {
+            return self
+                .exec_sync_by_task(&client.task, &req, &bundle, timeout)
+                .await;
+        };
+        if res.timed_out {
+            return Err(timed_out(&rec.id, timeout));
+        }
+        if res.stdout_dropped + res.stderr_dropped > 0 {
+            tracing::warn!(
+                container = %rec.id,
+                stdout_dropped = res.stdout_dropped,
+                stderr_dropped = res.stderr_dropped,
+                limit = execsync::OUTPUT_LIMIT,
+                "ExecSync output over the limit was dropped"
+            );
+        }
+        Ok((res.stdout, res.stderr, res.exit_code))
+    }
+
+    /// ExecSync through the Task API, for a shim without the ExecSync service: the exec
+    /// writes to files in the bundle, read (up to the same limit) and removed afterwards.
+    async fn exec_sync_by_task(
+        &self,
+        client: &TaskClient,
+        sync: &execsync::ExecSyncRequest,
+        bundle: &Path,
+        timeout: i64,
+    ) -> Result<(Vec<u8>, Vec<u8>, i32), Status> {
+        let exec_id = &sync.exec_id;
         let out = bundle.join(format!("exec-{exec_id}.out"));
         let err = bundle.join(format!("exec-{exec_id}.err"));
-        let value = serde_json::to_vec(&process).map_err(internal)?;
-        let exec = ExecRef::new(&client, &rec.id, &exec_id);
-        let mut req = exec.request(value);
+        let exec = ExecRef::new(client, &sync.id, exec_id);
+        let mut req = exec.request(sync.process.clone());
         req.stdout = out.display().to_string();
         req.stderr = err.display().to_string();
         let result = exec.run(&req, timeout).await;
         exec.finish().await;
-        let stdout = std::fs::read(&out).unwrap_or_default();
-        let stderr = std::fs::read(&err).unwrap_or_default();
+        let stdout = read_capped(&out, execsync::OUTPUT_LIMIT);
+        let stderr = read_capped(&err, execsync::OUTPUT_LIMIT);
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_file(&err);
         Ok((stdout, stderr, result?))
@@ -1517,10 +1573,7 @@ impl ExecRef {
             return code;
         }
         kill_exec(&self.client, &self.id, &self.exec_id).await;
-        Err(Status::deadline_exceeded(format!(
-            "ExecSync in {}: command timed out after {timeout}s and was killed",
-            self.id
-        )))
+        Err(timed_out(&self.id, timeout))
     }
 
     /// Forgets the exec in the shim once it is over (whatever happened to it).
@@ -1539,6 +1592,71 @@ impl Drop for ExecRef {
         tokio::spawn(async move {
             kill_exec(&client, &id, &exec_id).await;
             delete_exec(&client, &id, &exec_id).await;
+        });
+    }
+}
+
+/// The error of an ExecSync killed at its deadline.
+fn timed_out(id: &str, timeout: i64) -> Status {
+    Status::deadline_exceeded(format!(
+        "ExecSync in {id}: command timed out after {timeout}s and was killed"
+    ))
+}
+
+/// The first `limit` bytes of a file (empty if it cannot be read).
+fn read_capped(path: &Path, limit: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(limit as u64).read_to_end(&mut data);
+    }
+    data
+}
+
+/// A pod's shim connection: the Task API client and the raw connection under it (for
+/// cairn's own services, such as [`execsync`]).
+#[derive(Clone)]
+struct ShimClient {
+    task: TaskClient,
+    conn: ttrpc::asynchronous::Client,
+}
+
+/// The guard of an exec sync call: dropped armed (cairnd's caller went away while the
+/// shim ran the command), it asks the shim, in the background, to kill the command.
+struct CancelOnDrop {
+    conn: Option<ttrpc::asynchronous::Client>,
+    id: String,
+    exec_id: String,
+}
+
+impl CancelOnDrop {
+    fn new(conn: &ttrpc::asynchronous::Client, id: &str, exec_id: &str) -> CancelOnDrop {
+        CancelOnDrop {
+            conn: Some(conn.clone()),
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        }
+    }
+
+    /// The call is over: nothing to cancel.
+    fn disarm(mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let (id, exec_id) = (
+            std::mem::take(&mut self.id),
+            std::mem::take(&mut self.exec_id),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = execsync::cancel(&conn, &id, &exec_id).await {
+                tracing::warn!(container = %id, error = %e, "cancelling an ExecSync");
+            }
         });
     }
 }

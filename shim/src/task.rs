@@ -11,8 +11,17 @@
 //! `Process`, and its `stdout`/`stderr` are files the exec writes to directly.
 //! `UpdateTaskRequest.resources` is JSON `LinuxResources`; the annotation
 //! `io.cairn.reopen-log` reopens the container's log instead.
+//!
+//! ExecSync has a one-call path beside the Task API ([`crate::execsync`]): the handler
+//! thread launches the exec, reads its output from pipes, waits for it through a pidfd
+//! and reaps it; no output files, no waiter thread.
+//!
+//! Reaping: every process is reaped by whoever owns it, by pid (a waiter thread, the
+//! exec sync handler, the launcher); nothing waits for any child (`waitpid(-1)`). So a
+//! process that exits before its owner gets to wait keeps its status as a zombie until
+//! then, and nothing needs registering before a process may run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -28,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Cgroup, Layout};
 use crate::crilog::{spawn_copier, LogFile, Stream};
+use crate::execsync::{ExecSyncRequest, ExecSyncResponse};
 use crate::launch::oci::OciRuntime;
 use crate::launch::{self, Created, Stdio};
 use crate::stdio::{self as streams, AttachPaths, Stdin, Tee, ATTACH, STDIN_ONCE};
@@ -108,6 +118,8 @@ struct ExecProc {
     /// The terminal's master, for resizes.
     pty: Option<std::fs::File>,
     proc: Proc,
+    /// An exec sync whose caller went away before it had a pid: killed when it has one.
+    cancelled: bool,
 }
 
 struct Container {
@@ -137,9 +149,16 @@ struct Inner {
     /// launcher.
     oci: Option<OciRuntime>,
     containers: Mutex<HashMap<String, Container>>,
+    /// Cancels of exec syncs not seen yet, (container, exec) (at most [`MAX_EARLY_CANCELS`],
+    /// the oldest go first). Locked after `containers`.
+    early_cancels: Mutex<VecDeque<(String, String)>>,
     exited: Condvar,
     shutdown: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
+
+/// How many cancels of exec syncs the shim has not seen yet it remembers: the call and its
+/// cancel cross only within a moment, and a cancel whose call never comes is forgotten.
+const MAX_EARLY_CANCELS: usize = 64;
 
 /// The Task service of one pod's shim.
 #[derive(Clone)]
@@ -189,6 +208,7 @@ impl TaskService {
                 layout,
                 oci,
                 containers: Mutex::new(HashMap::new()),
+                early_cancels: Mutex::new(VecDeque::new()),
                 exited: Condvar::new(),
                 shutdown: Mutex::new(Some(shutdown)),
             }),
@@ -651,6 +671,216 @@ impl TaskService {
         Ok(pid as u32)
     }
 
+    /// Runs an exec to its end in one call (`cairn.shim.v1.Exec/ExecSync`): registers it
+    /// under its exec id (so that `Kill` and [`cancel_exec_sync`](Self::cancel_exec_sync)
+    /// reach it), launches it without a start handshake, collects its output from pipes
+    /// (each stream up to [`crate::execsync::OUTPUT_LIMIT`]), kills it at the deadline,
+    /// then forgets and reaps it. Errors are those of the Task API's Exec and Start.
+    pub fn exec_sync(&self, req: &ExecSyncRequest) -> Result<ExecSyncResponse, ttrpc::Error> {
+        let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&req.process).map_err(|e| {
+                err(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("exec process spec: {e}"),
+                )
+            })?;
+        let (slot, target) = self.reserve_exec_sync(id, exec_id, &process)?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let stdio = Stdio::Pipes {
+            stdin: None,
+            stdout: out_w,
+            stderr: err_w,
+        };
+        let pid = self.spawn_exec_sync(id, exec_id, &target, &process, stdio)?;
+        if !self.exec_sync_started(id, exec_id, pid) {
+            // Cancelled meanwhile, or forgotten by a Delete: nobody wants its result.
+            // SAFETY: kill(2) on our child, not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let deadline = (req.timeout_ms > 0)
+            .then(|| std::time::Instant::now() + std::time::Duration::from_millis(req.timeout_ms));
+        let collected = crate::execsync::collect(pid, [out_r, err_r], deadline);
+        // Forgotten before it is reaped: no Kill can reach its pid once it is reused.
+        drop(slot);
+        let exit_code = match collected.exited {
+            true => wait_code(pid),
+            false => {
+                tracing::warn!(
+                    container = id,
+                    pid,
+                    "exec survived SIGKILL; reaping it later"
+                );
+                reap_later(pid);
+                128 + libc::SIGKILL
+            }
+        };
+        Ok(ExecSyncResponse {
+            exit_code,
+            stdout: collected.stdout.data,
+            stderr: collected.stderr.data,
+            timed_out: collected.timed_out,
+            stdout_dropped: collected.stdout.dropped,
+            stderr_dropped: collected.stderr.dropped,
+        })
+    }
+
+    /// Checks that container `id` runs and takes `exec_id` for an exec sync; returns the
+    /// slot (forgotten on drop) and what the launch needs.
+    fn reserve_exec_sync(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &oci_spec::runtime::Process,
+    ) -> Result<(ExecSlot, ExecTarget), ttrpc::Error> {
+        let mut containers = self.lock();
+        if self.take_early_cancel(id, exec_id) {
+            return Err(err(
+                ttrpc::Code::CANCELLED,
+                format!("exec {exec_id} in {id} was cancelled"),
+            ));
+        }
+        let c = containers.get_mut(id).ok_or_else(|| not_found(id))?;
+        if c.execs.contains_key(exec_id) {
+            return Err(err(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("exec {exec_id} already exists"),
+            ));
+        }
+        if !c.init.started || c.init.exit.is_some() {
+            return Err(err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {id} is not running"),
+            ));
+        }
+        let target = ExecTarget {
+            pid: c.init.pid,
+            bundle: PathBuf::from(&c.bundle),
+            cgroup_procs: c
+                .cgroup
+                .as_ref()
+                .map(|g| g.procs_files())
+                .unwrap_or_default(),
+            seccomp: c.seccomp.clone(),
+        };
+        c.execs.insert(
+            exec_id.to_string(),
+            ExecProc {
+                process: process.clone(),
+                stdin: String::new(),
+                stdout: String::new(),
+                stderr: String::new(),
+                terminal: false,
+                pty: None,
+                proc: Proc::default(),
+                cancelled: false,
+            },
+        );
+        let slot = ExecSlot {
+            svc: self.clone(),
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        };
+        Ok((slot, target))
+    }
+
+    /// Launches an exec sync's process with the built-in launcher (no start handshake) or
+    /// the pod's OCI runtime; returns its pid once it runs.
+    fn spawn_exec_sync(
+        &self,
+        id: &str,
+        exec_id: &str,
+        target: &ExecTarget,
+        process: &oci_spec::runtime::Process,
+        stdio: Stdio,
+    ) -> Result<i32, ttrpc::Error> {
+        let failed = |e: launch::LaunchError| {
+            // The messages of the Task API path: a command that cannot run is reported by
+            // its Start, as is; the rest by its Exec, with the container named.
+            let msg = match e {
+                launch::LaunchError::Exec(_) | launch::LaunchError::NotRunning(_) => e.to_string(),
+                e => format!("exec in {id}: {e}"),
+            };
+            err(ttrpc::Code::FAILED_PRECONDITION, msg)
+        };
+        match &self.inner.oci {
+            None => launch::exec_now(
+                target.pid,
+                process,
+                target.seccomp.clone(),
+                &target.cgroup_procs,
+                stdio,
+            )
+            .map(|running| running.pid)
+            .map_err(failed),
+            Some(oci) => oci
+                .exec(id, exec_id, &target.bundle, process, stdio)
+                .map_err(|e| {
+                    err(
+                        ttrpc::Code::FAILED_PRECONDITION,
+                        format!("exec in {id}: {e}"),
+                    )
+                }),
+        }
+    }
+
+    /// Records the pid of a running exec sync; false if it was cancelled or forgotten.
+    fn exec_sync_started(&self, id: &str, exec_id: &str, pid: i32) -> bool {
+        let mut containers = self.lock();
+        let Some(x) = containers
+            .get_mut(id)
+            .and_then(|c| c.execs.get_mut(exec_id))
+        else {
+            return false;
+        };
+        x.proc.pid = pid;
+        x.proc.started = true;
+        !x.cancelled
+    }
+
+    /// Kills exec sync `exec_id` of container `id` (its caller went away), or, if it has
+    /// no process yet, makes sure it never runs one.
+    pub fn cancel_exec_sync(&self, id: &str, exec_id: &str) {
+        let mut containers = self.lock();
+        let Some(x) = containers
+            .get_mut(id)
+            .and_then(|c| c.execs.get_mut(exec_id))
+        else {
+            let mut early = self
+                .inner
+                .early_cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if early.len() >= MAX_EARLY_CANCELS {
+                early.pop_front();
+            }
+            early.push_back((id.to_string(), exec_id.to_string()));
+            return;
+        };
+        x.cancelled = true;
+        if x.proc.pid > 0 && x.proc.exit.is_none() {
+            // SAFETY: kill(2) on a process this shim started and has not reaped (an exec
+            // sync is forgotten before it is reaped).
+            unsafe { libc::kill(x.proc.pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Whether exec sync `exec_id` of `id` was cancelled before it came (and forgets that).
+    /// Called with the containers lock held.
+    fn take_early_cancel(&self, id: &str, exec_id: &str) -> bool {
+        let mut early = self
+            .inner
+            .early_cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(i) = early.iter().position(|(c, e)| c == id && e == exec_id) else {
+            return false;
+        };
+        early.remove(i);
+        true
+    }
+
     /// Blocks until the process has an exit.
     fn wait_exit(&self, id: &str, exec_id: &str) -> Result<Exit, ttrpc::Error> {
         let mut containers = self.lock();
@@ -887,6 +1117,45 @@ fn attach(id: &str, tee: &Tee, stdin: Option<&Arc<Stdin>>, paths: &str) -> ttrpc
             .map_err(|e| fail("starting the stdin feeder", e))?;
     }
     Ok(Empty::default())
+}
+
+/// What launching an exec in a container needs, copied out of its record.
+struct ExecTarget {
+    /// The container's init.
+    pid: i32,
+    bundle: PathBuf,
+    cgroup_procs: Vec<PathBuf>,
+    seccomp: Option<Arc<crate::seccomp::Program>>,
+}
+
+/// An exec sync's entry among its container's execs; forgotten when dropped.
+struct ExecSlot {
+    svc: TaskService,
+    id: String,
+    exec_id: String,
+}
+
+impl Drop for ExecSlot {
+    fn drop(&mut self) {
+        if let Some(c) = self.svc.lock().get_mut(&self.id) {
+            c.execs.remove(&self.exec_id);
+        }
+        // A Task API Wait on it ends (NOT_FOUND) instead of waiting for another exit.
+        self.svc.inner.exited.notify_all();
+    }
+}
+
+/// Reaps `pid` on a small thread of its own, whenever it exits.
+fn reap_later(pid: i32) {
+    let spawned = std::thread::Builder::new()
+        .name("reap".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            wait_code(pid);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(pid, error = %e, "cannot start a reaper thread");
+    }
 }
 
 /// A running container and one of its execs, or why not.
@@ -1128,6 +1397,7 @@ impl containerd_shim_protos::shim::shim_ttrpc::Task for TaskService {
                 terminal: req.terminal,
                 pty: None,
                 proc: Proc::default(),
+                cancelled: false,
             },
         );
         Ok(Empty::default())
@@ -1286,5 +1556,206 @@ impl From<&crate::cgroup::CgroupStats> for StatsJson {
             major_page_faults: s.major_page_faults,
             pids: s.pids,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The one-call ExecSync against a real container made by the built-in launcher (as
+    //! root, with the launcher tests' busybox rootfs).
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::execsync::OUTPUT_LIMIT;
+    use crate::launch::tests::{process, Fixture};
+
+    /// A shim service with one running container `c` (`sleep 300`); shut down on drop.
+    struct Pod {
+        svc: TaskService,
+        fx: Fixture,
+        _stop: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl Pod {
+        fn new() -> Pod {
+            let fx = Fixture::new();
+            let pod_dir = fx.path("pod");
+            let bundle = fx.path("bundle");
+            std::fs::create_dir_all(&pod_dir).unwrap();
+            std::fs::create_dir_all(&bundle).unwrap();
+            fx.spec(&["sleep", "300"])
+                .save(bundle.join("config.json"))
+                .unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let svc = TaskService::new(&pod_dir, tx, None);
+            let create = CreateTaskRequest {
+                id: "c".into(),
+                bundle: bundle.display().to_string(),
+                ..Default::default()
+            };
+            svc.do_create(&create).unwrap();
+            let start = StartRequest {
+                id: "c".into(),
+                ..Default::default()
+            };
+            svc.do_start(&start).unwrap();
+            Pod { svc, fx, _stop: rx }
+        }
+
+        fn exec(
+            &self,
+            exec_id: &str,
+            args: &[&str],
+            timeout_ms: u64,
+        ) -> ttrpc::Result<ExecSyncResponse> {
+            self.svc.exec_sync(&ExecSyncRequest {
+                id: "c".into(),
+                exec_id: exec_id.into(),
+                process: serde_json::to_vec(&process(args)).unwrap(),
+                timeout_ms,
+            })
+        }
+
+        fn execs(&self) -> usize {
+            self.svc.lock().get("c").map_or(0, |c| c.execs.len())
+        }
+    }
+
+    impl Drop for Pod {
+        fn drop(&mut self) {
+            self.svc.do_shutdown();
+        }
+    }
+
+    fn status(e: ttrpc::Error) -> ttrpc::Status {
+        match e {
+            ttrpc::Error::RpcStatus(s) => s,
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_sync_output_exit_code_and_fast_exits() {
+        let pod = Pod::new();
+        let r = pod
+            .exec("e1", &["sh", "-c", "echo out; echo err >&2; exit 3"], 0)
+            .unwrap();
+        assert_eq!(
+            (r.stdout.as_slice(), r.stderr.as_slice()),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+        assert_eq!(r.exit_code, 3);
+        assert!(!r.timed_out);
+        // A command that exits at once is never lost.
+        for i in 0..20 {
+            let r = pod.exec(&format!("t{i}"), &["true"], 10_000).unwrap();
+            assert_eq!(r.exit_code, 0, "{r:?}");
+        }
+        // Something left behind holding the output does not hold the answer.
+        let started = Instant::now();
+        let r = pod
+            .exec("bg", &["sh", "-c", "sleep 30 & echo done"], 0)
+            .unwrap();
+        assert_eq!(r.stdout, b"done\n");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Each exec is forgotten once answered.
+        assert_eq!(pod.execs(), 0);
+    }
+
+    #[test]
+    fn exec_sync_keeps_the_first_bytes_of_large_output() {
+        let pod = Pod::new();
+        let total = 3_000_000;
+        let script = format!("head -c {total} /dev/zero; echo end >&2");
+        let r = pod.exec("big", &["sh", "-c", &script], 0).unwrap();
+        assert_eq!(r.exit_code, 0);
+        assert_eq!(r.stdout.len(), OUTPUT_LIMIT);
+        assert_eq!(r.stdout_dropped, (total - OUTPUT_LIMIT) as u64);
+        assert_eq!((r.stderr.as_slice(), r.stderr_dropped), (&b"end\n"[..], 0));
+    }
+
+    #[test]
+    fn exec_sync_errors_are_the_task_apis() {
+        let pod = Pod::new();
+        let e = status(pod.exec("x", &["nosuch"], 0).unwrap_err());
+        assert_eq!(e.code(), ttrpc::Code::FAILED_PRECONDITION);
+        assert_eq!(
+            e.message,
+            r#"exec: "nosuch": executable file not found in $PATH"#
+        );
+        let mut p = process(&["true"]);
+        p.set_cwd("/no/such/dir".into());
+        let e = status(
+            pod.svc
+                .exec_sync(&ExecSyncRequest {
+                    id: "c".into(),
+                    exec_id: "y".into(),
+                    process: serde_json::to_vec(&p).unwrap(),
+                    timeout_ms: 0,
+                })
+                .unwrap_err(),
+        );
+        assert_eq!(e.code(), ttrpc::Code::FAILED_PRECONDITION);
+        assert!(
+            e.message.starts_with("exec in c: container setup failed"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("/no/such/dir"), "{}", e.message);
+        let mut req = ExecSyncRequest {
+            id: "nope".into(),
+            exec_id: "z".into(),
+            process: serde_json::to_vec(&process(&["true"])).unwrap(),
+            timeout_ms: 0,
+        };
+        let e = status(pod.svc.exec_sync(&req).unwrap_err());
+        assert_eq!(e.code(), ttrpc::Code::NOT_FOUND);
+        req.id = "c".into();
+        req.process = b"{".to_vec();
+        let e = status(pod.svc.exec_sync(&req).unwrap_err());
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert_eq!(pod.execs(), 0);
+    }
+
+    #[test]
+    fn exec_sync_deadline_and_cancels_kill_the_command() {
+        let pod = Pod::new();
+        let started = Instant::now();
+        let r = pod.exec("slow", &["sleep", "30"], 300).unwrap();
+        assert!(r.timed_out);
+        assert_eq!(r.exit_code, 128 + libc::SIGKILL);
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        // A cancel while it runs.
+        let svc = pod.svc.clone();
+        let canceller = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let pid = svc
+                    .lock()
+                    .get("c")
+                    .and_then(|c| c.execs.get("running"))
+                    .map_or(0, |x| x.proc.pid);
+                if pid > 0 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the exec never ran");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            svc.cancel_exec_sync("c", "running");
+        });
+        let started = Instant::now();
+        let r = pod.exec("running", &["sleep", "30"], 0).unwrap();
+        canceller.join().unwrap();
+        assert_eq!(r.exit_code, 128 + libc::SIGKILL);
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        // A cancel that overtakes its call: the command never runs.
+        pod.svc.cancel_exec_sync("c", "early");
+        let e = status(pod.exec("early", &["touch", "/tmp/ran"], 0).unwrap_err());
+        assert_eq!(e.code(), ttrpc::Code::CANCELLED);
+        assert!(!pod.fx.root.join("tmp/ran").exists());
+        assert_eq!(pod.execs(), 0);
     }
 }

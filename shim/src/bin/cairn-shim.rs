@@ -117,6 +117,7 @@ fn run() -> Result<(), String> {
         .set_thread_count_max(3)
         .bind(&format!("unix://{}", socket.display()))
         .map_err(|e| format!("binding {}: {e}", socket.display()))?
+        .register_service(cairn_shim::execsync::service(service.clone()))
         .register_service(create_task(Arc::new(service)));
     server.start().map_err(|e| format!("serving: {e}"))?;
     tracing::info!(pod = %args.pod_id, pid = std::process::id(), "shim serving");

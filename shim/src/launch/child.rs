@@ -2,9 +2,10 @@
 //!
 //! The middle child joins the cgroups and the namespaces (the user namespace first, after
 //! mounting the rootfs with idmapped layers while still in the host's), creates the new
-//! ones and forks the container process; the container process (the grandchild) sets up
+//! ones and forks the container process (an exec'd process, forked by the shim into the
+//! container's pid namespace, joins the rest itself: [`run_exec`]); the container process (the grandchild) sets up
 //! its mount namespace and root, switches user and capabilities, reports "ready" and blocks until
-//! the shim says start, then execs. Nothing here logs or takes a lock: failures travel to
+//! the shim says start, then execs (or, without a start pipe, execs right away). Nothing here logs or takes a lock: failures travel to
 //! the shim as short messages over the report pipe (see [`send`]), then the child `_exit`s.
 
 use std::ffi::{CStr, CString};
@@ -27,7 +28,8 @@ pub(super) const TAG_PID: u8 = b'P';
 pub(super) const TAG_READY: u8 = b'R';
 /// Either child → shim: setup failed (the text says what); the child has exited.
 pub(super) const TAG_ERROR: u8 = b'E';
-/// Container process → shim, after start: the command could not be executed.
+/// Container process → shim, after start (or after setup, without a start pipe): the
+/// command could not be executed.
 pub(super) const TAG_EXEC: u8 = b'X';
 /// Longest message payload; a record (5-byte header + payload) stays below PIPE_BUF, so
 /// each is written atomically even when both children write.
@@ -75,27 +77,19 @@ pub(super) enum ChildStdio<'a> {
 pub(super) struct ChildIo<'a> {
     /// Write end of the report pipe.
     pub(super) report: RawFd,
-    /// Read end of the start pipe.
-    pub(super) start: RawFd,
+    /// Read end of the start pipe; None: no handshake, the process execs once set up.
+    pub(super) start: Option<RawFd>,
     pub(super) stdio: ChildStdio<'a>,
     /// Every descriptor the children need (sorted); all others are closed.
     pub(super) keep: &'a [RawFd],
 }
 
-pub(super) enum Middle<'p, 'a> {
-    Create(&'p ContainerPlan<'a>),
-    Exec(&'p ExecPlan),
-}
-
-/// The middle child: called right after the first fork; never returns.
-pub(super) fn run_middle(middle: Middle<'_, '_>, io: &ChildIo<'_>) -> ! {
+/// The middle child of a container: called right after the first fork; never returns.
+pub(super) fn run_middle(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> ! {
     sys::close_fds_except(io.keep);
     sys::reset_signal_handlers();
     // A panic must never unwind back into the shim's code in a forked copy of it.
-    let forked = std::panic::catch_unwind(AssertUnwindSafe(|| match middle {
-        Middle::Create(plan) => middle_create(plan, io),
-        Middle::Exec(plan) => middle_exec(plan, io),
-    }));
+    let forked = std::panic::catch_unwind(AssertUnwindSafe(|| middle_create(plan, io)));
     match forked {
         Ok(Ok(pid)) => {
             send(io.report, TAG_PID, pid.to_string().as_bytes());
@@ -252,24 +246,39 @@ fn middle_create(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> Result<pid_t, Fa
     Ok(pid)
 }
 
-fn middle_exec(plan: &ExecPlan, io: &ChildIo<'_>) -> Result<pid_t, Fail> {
-    enter_host(&plan.oom_score_adj, &plan.cgroups)?;
-    if let Some(userns) = &plan.userns {
-        join_userns(userns)?;
+/// An exec'd process, forked by the shim straight into the target's pid namespace: joins
+/// the cgroups and the other namespaces, sets the process up and execs (after start, with
+/// a start pipe). Never returns.
+pub(super) fn run_exec(plan: &ExecPlan, io: &ChildIo<'_>) -> ! {
+    sys::close_fds_except(io.keep);
+    sys::reset_signal_handlers();
+    // A panic must never unwind back into the shim's code in a forked copy of it.
+    let forked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        enter_host(&plan.oom_score_adj, &plan.cgroups)?;
+        if let Some(userns) = &plan.userns {
+            join_userns(userns)?;
+        }
+        join_namespaces(&plan.join)?;
+        prepare_process(&plan.process, io)
+    }));
+    match forked {
+        Ok(exe) => finish(&plan.process, exe, io),
+        Err(_) => {
+            send(
+                io.report,
+                TAG_ERROR,
+                b"internal error: the launcher panicked",
+            );
+            sys::exit(1)
+        }
     }
-    join_namespaces(&plan.join)?;
-    let pid = fork_grandchild()?;
-    if pid == 0 {
-        let exe = prepare_process(&plan.process, io);
-        finish(&plan.process, exe, io)
-    }
-    Ok(pid)
 }
 
 /// The executable found on PATH, or the message to report when started.
 type Exe<'p> = Result<&'p CStr, String>;
 
-/// Reports the setup result, waits for start and execs. Never returns.
+/// Reports the setup result, waits for start (if there is a start pipe) and execs. Never
+/// returns.
 fn finish(p: &ProcessPlan, exe: Result<Exe<'_>, Fail>, io: &ChildIo<'_>) -> ! {
     let exe = match exe {
         Ok(exe) => exe,
@@ -278,11 +287,15 @@ fn finish(p: &ProcessPlan, exe: Result<Exe<'_>, Fail>, io: &ChildIo<'_>) -> ! {
             sys::exit(1)
         }
     };
-    send(io.report, TAG_READY, b"");
-    sys::unblock_signals();
-    if !matches!(sys::read_byte(io.start), Ok(Some(_))) {
-        // The shim dropped the container without starting it.
-        sys::exit(1)
+    if let Some(start) = io.start {
+        send(io.report, TAG_READY, b"");
+        sys::unblock_signals();
+        if !matches!(sys::read_byte(start), Ok(Some(_))) {
+            // The shim dropped the container without starting it.
+            sys::exit(1)
+        }
+    } else {
+        sys::unblock_signals();
     }
     // The seccomp filter goes in last, so that no setup step depends on what it allows.
     if let Err(Fail(msg)) = confine(p) {

@@ -91,7 +91,10 @@ pub(super) struct ExecPlan {
     pub(super) cgroups: Vec<CgroupJoin>,
     /// The target's user namespace when it is not the shim's, joined first.
     pub(super) userns: Option<NsJoin>,
-    /// The target's namespaces, the mount namespace last.
+    /// The target's pid namespace when it is not the shim's: the shim forks the exec'd
+    /// process into it.
+    pub(super) pid_ns: Option<NsJoin>,
+    /// The target's other namespaces, the mount namespace last.
     pub(super) join: Vec<NsJoin>,
     pub(super) oom_score_adj: Option<String>,
     pub(super) process: ProcessPlan,
@@ -392,9 +395,12 @@ pub(super) fn exec(
         ("mnt", libc::CLONE_NEWNS),
     ];
     let mut join = Vec::with_capacity(kinds.len());
+    let mut pid_ns = None;
     for (name, nstype) in kinds {
         let path = proc_dir.join("ns").join(name);
-        if nstype == libc::CLONE_NEWCGROUP && same_file(&path, Path::new("/proc/self/ns/cgroup")) {
+        // Ours already (the host's pid namespace, or no cgroup namespace): nothing to join.
+        let optional = matches!(nstype, libc::CLONE_NEWCGROUP | libc::CLONE_NEWPID);
+        if optional && same_file(&path, &Path::new("/proc/self/ns").join(name)) {
             continue;
         }
         let file = File::open(&path).map_err(|e| {
@@ -406,11 +412,15 @@ pub(super) fn exec(
                 e,
             )
         })?;
-        join.push(NsJoin {
+        let ns = NsJoin {
             fd: file.into(),
             nstype,
             what: format!("the {name} namespace of process {target}"),
-        });
+        };
+        match nstype {
+            libc::CLONE_NEWPID => pid_ns = Some(ns),
+            _ => join.push(ns),
+        }
     }
     let oom_score_adj = std::fs::read_to_string(proc_dir.join("oom_score_adj"))
         .ok()
@@ -418,6 +428,7 @@ pub(super) fn exec(
     Ok(ExecPlan {
         cgroups: cgroup_plan(cgroup_dirs)?,
         userns,
+        pid_ns,
         join,
         oom_score_adj,
         process: process_plan(process, seccomp)?,

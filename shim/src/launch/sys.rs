@@ -125,6 +125,13 @@ pub(super) fn fork() -> io::Result<pid_t> {
     }
 }
 
+/// `setns(2)`: joins the namespace `fd` refers to (for a pid namespace: the calling
+/// thread's future children's).
+pub(super) fn setns(fd: RawFd, nstype: c_int) -> io::Result<()> {
+    // SAFETY: setns on a descriptor the caller holds.
+    cvt(unsafe { libc::setns(fd, nstype) }).map(drop)
+}
+
 /// Resets every signal disposition to the default (ignored signals stay ignored across
 /// execve otherwise: Rust programs ignore SIGPIPE).
 pub(super) fn reset_signal_handlers() {

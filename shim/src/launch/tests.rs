@@ -2,6 +2,7 @@
 //! /bin/busybox (Debian's busybox-static) in a temp dir. Every process made is reaped;
 //! nothing is unmounted by hand (the container's mounts die with its mount namespace),
 //! and each test checks that none of its mounts leaked into the test process.
+//! [`Fixture`] and [`process`] serve the shim's own tests too.
 
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -24,7 +25,7 @@ use super::*;
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "hostname", "sleep", "pwd", "env", "readlink", "mount", "ps",
-    "test", "true", "touch", "wc", "grep", "unshare",
+    "test", "true", "touch", "wc", "grep", "unshare", "head",
 ];
 
 /// containerd's default capability set for CRI containers.
@@ -46,13 +47,14 @@ const CRI_CAPS: &[Capability] = &[
 ];
 
 /// A temp dir holding a busybox rootfs at `rootfs/`.
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    /// Makes the test process a child subreaper too (the launcher needs it).
+    pub(crate) fn new() -> Fixture {
         become_subreaper();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("rootfs");
@@ -60,11 +62,12 @@ impl Fixture {
         Fixture { dir, root }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn spec(&self, args: &[&str]) -> Spec {
+    /// A spec running `args` in a new pid, ipc, uts, mount and cgroup namespace.
+    pub(crate) fn spec(&self, args: &[&str]) -> Spec {
         test_spec(&self.root, args)
     }
 
@@ -186,7 +189,8 @@ fn namespaces(types: &[LinuxNamespaceType]) -> Vec<LinuxNamespace> {
         .collect()
 }
 
-fn process(args: &[&str]) -> Process {
+/// A root process with CRI's default capabilities.
+pub(crate) fn process(args: &[&str]) -> Process {
     ProcessBuilder::default()
         .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .env(vec![
@@ -913,6 +917,70 @@ impl Drop for RmdirOnDrop {
 }
 
 #[test]
+fn exec_joins_a_containers_user_and_pid_namespaces() {
+    use LinuxNamespaceType::*;
+    let fx = Fixture::new();
+    let userns = UserNs::new();
+    let (upper, work, merged) = (fx.path("upper"), fx.path("work"), fx.path("merged"));
+    for d in [&upper, &work, &merged] {
+        fs::create_dir(d).unwrap();
+    }
+    let overlay = OverlayMount {
+        lowers: vec![fx.root.clone()],
+        upper: Some((upper, work)),
+    };
+    let mut spec = test_spec(&merged, &["sleep", "30"]);
+    let mut ns = vec![LinuxNamespaceBuilder::default()
+        .typ(User)
+        .path(userns.path())
+        .build()
+        .unwrap()];
+    ns.extend(namespaces(&[Pid, Ipc, Uts, Network, Mount, Cgroup]));
+    let linux = spec.linux_mut().as_mut().unwrap();
+    linux
+        .set_namespaces(Some(ns))
+        .set_uid_mappings(Some(id_mappings()))
+        .set_gid_mappings(Some(id_mappings()));
+    let created = create(CreateOptions {
+        spec: &spec,
+        overlay: Some(&overlay),
+        cgroup_procs: Vec::new(),
+        stdio: Stdio::Pipes {
+            stdin: None,
+            stdout: dev_null(),
+            stderr: dev_null(),
+        },
+        oom_score_adj: None,
+    })
+    .unwrap();
+    let pid = created.pid;
+    let _container = KillOnDrop(pid);
+    created.start().unwrap();
+
+    let p = process(&["sh", "-c", "id -u; cat /proc/self/uid_map; echo $$; ps"]);
+    let (out_r, err_r, stdio) = pipes();
+    let running = exec_now(pid, &p, None, &[], stdio).unwrap();
+    let stdout = read_all(out_r);
+    let stderr = read_all(err_r);
+    assert_eq!(wait(running.pid), 0, "{stdout}{stderr}");
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["0"], "{stdout}");
+    assert_eq!(lines[1], ["0", "100000", "65536"], "{stdout}");
+    // In the container's pid namespace, beside its init.
+    assert_ne!(lines[2], ["1"], "{stdout}");
+    assert!(stdout.contains("sleep 30"), "{stdout}");
+    // This thread's children are born in its own pid namespace again.
+    let ns_of = |p: &str| fs::read_link(p).unwrap();
+    assert_eq!(
+        ns_of("/proc/thread-self/ns/pid_for_children"),
+        ns_of("/proc/self/ns/pid")
+    );
+}
+
+#[test]
 fn joins_cgroup() {
     use LinuxNamespaceType::*;
     let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -1038,6 +1106,91 @@ fn exec_joins_running_container() {
         "{err}"
     );
     assert_eq!(wait(epid), 127);
+    fx.assert_no_mounts();
+}
+
+#[test]
+fn exec_now_runs_without_a_start_and_keeps_the_status_of_a_fast_exit() {
+    let fx = Fixture::new();
+    let spec = fx.spec(&["sleep", "30"]);
+    let created = create(CreateOptions {
+        spec: &spec,
+        overlay: None,
+        cgroup_procs: Vec::new(),
+        stdio: Stdio::Pipes {
+            stdin: None,
+            stdout: dev_null(),
+            stderr: dev_null(),
+        },
+        oom_score_adj: None,
+    })
+    .unwrap();
+    let pid = created.pid;
+    let _container = KillOnDrop(pid);
+    created.start().unwrap();
+
+    // Output and exit code, with nothing between the call and execve.
+    let p = process(&["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let (out_r, err_r, stdio) = pipes();
+    let running = exec_now(pid, &p, None, &[], stdio).unwrap();
+    assert_eq!(read_all(out_r), "out\n");
+    assert_eq!(read_all(err_r), "err\n");
+    assert_eq!(wait(running.pid), 3);
+
+    // A process that exits at once is not lost: its status waits for its pid.
+    let p = process(&["true"]);
+    let running = exec_now(
+        pid,
+        &p,
+        None,
+        &[],
+        Stdio::Pipes {
+            stdin: None,
+            stdout: dev_null(),
+            stderr: dev_null(),
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(wait(running.pid), 0);
+
+    // A missing command: the same message as `start` (the process is reaped already).
+    let p = process(&["nosuch"]);
+    let err = exec_now(
+        pid,
+        &p,
+        None,
+        &[],
+        Stdio::Pipes {
+            stdin: None,
+            stdout: dev_null(),
+            stderr: dev_null(),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, LaunchError::Exec(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        r#"exec: "nosuch": executable file not found in $PATH"#
+    );
+
+    // A setup failure names the step.
+    let mut p = process(&["true"]);
+    p.set_cwd("/no/such/dir".into());
+    let err = exec_now(
+        pid,
+        &p,
+        None,
+        &[],
+        Stdio::Pipes {
+            stdin: None,
+            stdout: dev_null(),
+            stderr: dev_null(),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, LaunchError::Setup(_)), "{err:?}");
+    assert!(err.to_string().contains("/no/such/dir"), "{err}");
     fx.assert_no_mounts();
 }
 
