@@ -249,6 +249,16 @@ fn device_programs(node: &Node, id: &str) -> Option<Vec<u32>> {
     Some(cairn_shim::devfilter::attached(&dir).unwrap_or_else(|e| panic!("{e}")))
 }
 
+/// The container's `devices.list` in the v1 `devices` hierarchy; None without one.
+fn v1_device_list(node: &Node, id: &str) -> Option<String> {
+    let root = Path::new("/sys/fs/cgroup/devices");
+    if !root.join("devices.list").exists() {
+        return None;
+    }
+    let dir = root.join(node.cgroups.0.trim_start_matches('/')).join(id);
+    Some(std::fs::read_to_string(dir.join("devices.list")).unwrap_or_else(|e| panic!("{e}")))
+}
+
 #[tokio::test]
 async fn a_default_container_cannot_escape() {
     let node = security_node("escape").await;
@@ -343,10 +353,21 @@ async fn a_default_container_cannot_escape() {
     let (_, keys) = sh(&mut rt, &id, "cat /proc/keys /proc/timer_list 2>&1 | wc -c").await;
     assert_eq!(keys.trim(), "0", "masked paths are empty");
 
-    // Devices: any node may be made (CAP_MKNOD), but not opened unless allowed. On the
-    // cgroup2 hierarchy a device program guards the container's cgroup.
-    if let Some(progs) = device_programs(&node, &id) {
-        assert_eq!(progs.len(), 1, "device programs of {id}: {progs:?}");
+    // Devices: any node may be made (CAP_MKNOD), but not opened unless allowed. The v1
+    // `devices` controller guards the container where there is one (the hybrid layout
+    // too, with no second check by a program); on pure cgroup2 a device program does.
+    match v1_device_list(&node, &id) {
+        Some(list) => {
+            assert!(!list.contains("a *:* rwm"), "devices.list of {id}: {list}");
+            assert!(list.contains("c 1:3 rwm"), "/dev/null allowed: {list}");
+            if let Some(progs) = device_programs(&node, &id) {
+                assert!(progs.is_empty(), "device programs of {id}: {progs:?}");
+            }
+        }
+        None => {
+            let progs = device_programs(&node, &id).expect("a cgroup2 hierarchy");
+            assert_eq!(progs.len(), 1, "device programs of {id}: {progs:?}");
+        }
     }
     if let Some((major, minor)) = host_disk() {
         let script = format!("mknod /tmp/disk b {major} {minor} && head -c 1 /tmp/disk");

@@ -573,11 +573,11 @@ fn cgroup_plan(dirs: &[PathBuf]) -> Result<Vec<CgroupJoin>, LaunchError> {
 
 /// Installs the spec's device rules (`linux.resources.devices`) on the host, before the
 /// process joins its cgroups: with CAP_MKNOD a container may create any node, and these
-/// rules decide which ones it may open. On cgroup v1 they are written, in order, into the
-/// container's `devices` hierarchy (the first rule denies everything, "a"). Wherever one
-/// of the cgroups is in a cgroup2 hierarchy (pure v2, or the hybrid layout's), the rules
-/// are also compiled to a device program attached to that cgroup (see
-/// [`crate::devfilter`]); rules that allow everything attach nothing.
+/// rules decide which ones it may open. On cgroup v1 (and the hybrid layout) they are
+/// written, in order, into the container's `devices` hierarchy (the first rule denies
+/// everything, "a"). Without a v1 `devices` hierarchy (pure v2), they are compiled to a
+/// device program attached to the container's cgroup2 dir (see [`crate::devfilter`]);
+/// rules that allow everything attach nothing.
 fn apply_device_rules(cgroups: &[CgroupJoin], linux: Option<&Linux>) -> Result<(), LaunchError> {
     let Some(rules) = linux
         .and_then(|l| l.resources().as_ref())
@@ -588,7 +588,10 @@ fn apply_device_rules(cgroups: &[CgroupJoin], linux: Option<&Linux>) -> Result<(
     };
     let dirs: Vec<&Path> = cgroups.iter().filter_map(|c| c.path.parent()).collect();
     if let Some(dir) = dirs.iter().find(|d| d.join("devices.allow").exists()) {
-        write_v1_device_rules(dir, rules)?;
+        // The v1 `devices` controller enforces the rules; a program on the hybrid
+        // layout's controller-less cgroup2 dir would only check them a second time (and
+        // cost a BPF load per container).
+        return write_v1_device_rules(dir, rules);
     }
     for dir in dirs.iter().filter(|d| crate::devfilter::is_cgroup2(d)) {
         crate::devfilter::install(dir, rules).map_err(|e| match e {
