@@ -72,16 +72,27 @@ fn main() {
     // pod (cairnd spawns us without a pre_exec hook, hence with vfork, not fork).
     // SAFETY: setsid takes no arguments; it fails only if we already lead a group.
     unsafe { libc::setsid() };
-    // One malloc arena for all threads: the shim's few allocations need no more, and each
-    // extra arena costs memory in every pod.
+    limit_malloc();
+    if let Err(e) = run() {
+        eprintln!("cairn-shim: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// glibc malloc settings for a small, long-lived process that runs once per pod:
+/// - one arena for all threads: the shim's few allocations need no more, and each extra
+///   arena costs memory in every pod;
+/// - blocks of 16 KiB and more (log and stream buffers, a container's config.json)
+///   come from mmap and go back to the kernel when freed, and the heap grows by what is
+///   asked, not 128 KiB more: a buffer's untouched pages then never become resident,
+///   and a freed one leaves no hole in the heap.
+fn limit_malloc() {
     // SAFETY: mallopt with constant arguments, while the process has a single thread.
     #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-    if let Err(e) = run() {
-        eprintln!("cairn-shim: {e}");
-        std::process::exit(1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 * 1024);
+        libc::mallopt(libc::M_TOP_PAD, 0);
     }
 }
 
