@@ -99,14 +99,7 @@ pub(super) fn run_middle(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> ! {
             send(io.report, TAG_ERROR, msg.as_bytes());
             sys::exit(1)
         }
-        Err(_) => {
-            send(
-                io.report,
-                TAG_ERROR,
-                b"internal error: the launcher panicked",
-            );
-            sys::exit(1)
-        }
+        Err(_) => report_panic(io),
     }
 }
 
@@ -263,14 +256,7 @@ pub(super) fn run_exec(plan: &ExecPlan, io: &ChildIo<'_>) -> ! {
     }));
     match forked {
         Ok(exe) => finish(&plan.process, exe, io),
-        Err(_) => {
-            send(
-                io.report,
-                TAG_ERROR,
-                b"internal error: the launcher panicked",
-            );
-            sys::exit(1)
-        }
+        Err(_) => report_panic(io),
     }
 }
 
@@ -948,4 +934,14 @@ fn redirect_stdio(io: &ChildIo<'_>) -> Result<(), Fail> {
         unsafe { libc::fcntl(src, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Ok(())
+}
+
+/// Tells the shim that the child's setup panicked (caught), and exits.
+fn report_panic(io: &ChildIo<'_>) -> ! {
+    send(
+        io.report,
+        TAG_ERROR,
+        b"internal error: the launcher panicked",
+    );
+    sys::exit(1)
 }
