@@ -53,6 +53,10 @@ struct Args {
     /// Leave containerd with crun out.
     #[arg(long)]
     no_crun: bool,
+    /// Leave containerd out altogether: cairn's rows only, no ratios (for profiling
+    /// cairn between full runs).
+    #[arg(long)]
+    cairn_only: bool,
     /// Also write the table as markdown to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -65,6 +69,9 @@ impl Args {
             self.pull_mb = 20;
             self.mem_pods = 5;
             self.concurrent = 5;
+        }
+        if self.cairn_only {
+            self.no_crun = true;
         }
         self
     }
@@ -175,11 +182,14 @@ async fn bench(args: &Args) -> Result<(Results, String)> {
         .context("starting cairnd")?;
     cairn_shims.watch(&cairnd.state());
     quiet(&mut cairnd)?;
-    let ctrd = Containerd::start(
-        &registry.host(),
-        &registry.reference(PAUSE),
-        &cni.conf_dir(),
-    )?;
+    let ctrd = match args.cairn_only {
+        true => None,
+        false => Some(Containerd::start(
+            &registry.host(),
+            &registry.reference(PAUSE),
+            &cni.conf_dir(),
+        )?),
+    };
     let mut targets = Vec::new();
     let make = |name: &str, channel: tonic::transport::Channel, handler: &str| Target {
         name: name.into(),
@@ -191,20 +201,32 @@ async fn bench(args: &Args) -> Result<(Results, String)> {
         logs: logs.path().join(name),
     };
     targets.push(make(CAIRN, cairnd.channel().await?, ""));
-    let ctrd_channel = workload::connect(&ctrd.socket()).await?;
-    targets.push(make(RUNC, ctrd_channel.clone(), ""));
-    if !args.no_crun {
-        targets.push(make(CRUN, ctrd_channel, "crun"));
+    if let Some(ctrd) = &ctrd {
+        let ctrd_channel = workload::connect(&ctrd.socket()).await?;
+        targets.push(make(RUNC, ctrd_channel.clone(), ""));
+        if !args.no_crun {
+            targets.push(make(CRUN, ctrd_channel, "crun"));
+        }
     }
-    let layout = layout(&cairnd, &ctrd);
+    let layout = layout(&cairnd, ctrd.as_ref());
     eprintln!("{layout}");
     let chain = cni::Chain::load(&cni.list_path(), Path::new(host::CNI_PLUGINS))?;
-    let outcome = run_all(args, &registry, &mut targets, &chain, &cairnd, &ctrd).await;
+    let outcome = run_all(
+        args,
+        &registry,
+        &mut targets,
+        &chain,
+        &cairnd,
+        ctrd.as_ref(),
+    )
+    .await;
     for t in &mut targets {
         t.remove_all_pods().await;
     }
     if let Err(e) = &outcome {
-        eprintln!("containerd log tail:\n{}", ctrd.tail());
+        if let Some(ctrd) = &ctrd {
+            eprintln!("containerd log tail:\n{}", ctrd.tail());
+        }
         eprintln!("cairnd log tail:\n{}", tail(&cairnd.log(), 30));
         eprintln!("failed: {e:#}; cleaning up");
     }
@@ -213,8 +235,15 @@ async fn bench(args: &Args) -> Result<(Results, String)> {
 
 /// Where each runtime keeps its volatile state and its root, with the filesystem type
 /// each is really on.
-fn layout(cairnd: &Cairnd, ctrd: &Containerd) -> String {
+fn layout(cairnd: &Cairnd, ctrd: Option<&Containerd>) -> String {
     let on = |p: &Path| format!("{} on {}", p.display(), host::fs_kind(p));
+    let Some(ctrd) = ctrd else {
+        return format!(
+            "state dir (volatile): cairn {}\nroot (persistent): cairn {}",
+            on(&cairnd.state()),
+            on(&cairnd.root()),
+        );
+    };
     format!(
         "state dirs (volatile, under /run on tmpfs in production): cairn {}, containerd {} \
          (runc and crun roots inside)\nroots (persistent, on disk in production): cairn {}, \
@@ -250,7 +279,7 @@ async fn run_all(
     targets: &mut [Target],
     chain: &cni::Chain,
     cairnd: &Cairnd,
-    ctrd: &Containerd,
+    ctrd: Option<&Containerd>,
 ) -> Result<Results> {
     let mut res = Results::default();
     let busybox = registry.reference(BUSYBOX);
@@ -302,14 +331,14 @@ async fn run_all(
         let daemon = if is_cairn {
             i32::try_from(cairnd.pid()).unwrap_or(0)
         } else {
-            ctrd.pid()
+            ctrd.map_or(0, Containerd::pid)
         };
         let cairn_state = cairnd.state().display().to_string();
         let shims = || {
             if is_cairn {
                 host::processes("cairn-shim", &cairn_state)
             } else {
-                ctrd.shims()
+                ctrd.map(Containerd::shims).unwrap_or_default()
             }
         };
         memory(t, args.mem_pods, daemon, &mut res, shims).await?;

@@ -550,13 +550,10 @@ impl Cgroup {
 
     // ---- processes ----------------------------------------------------------------------
 
-    /// The `cgroup.procs` file of this cgroup in every hierarchy, for a launcher that
-    /// joins the cgroup from inside the new process.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
+    /// The directory of this cgroup in every hierarchy, for a launcher that puts the new
+    /// process into the cgroup itself.
+    pub fn join_dirs(&self) -> Vec<PathBuf> {
         self.dirs()
-            .into_iter()
-            .map(|d| d.join("cgroup.procs"))
-            .collect()
     }
 
     /// Moves a process into the cgroup (its `cgroup.procs` in every hierarchy).
@@ -2061,7 +2058,7 @@ mod tests {
                 "{} (hybrid cgroup2) not created",
                 dir.display()
             );
-            assert!(cg.procs_files().contains(&dir.join("cgroup.procs")));
+            assert!(cg.join_dirs().contains(&dir));
         }
         let file = |controller: &str, name: &str| cg.controller_dir(controller).unwrap().join(name);
         let read = |controller: &str, name: &str| read_trimmed(&file(controller, name));

@@ -30,6 +30,18 @@
 //! so the exec'd process starts in it, and joins the cgroups and the other namespaces
 //! itself before its setup. The report pipe then carries no pid (the fork returned it).
 //!
+//! Cgroups are joined without the kernel's global threadgroup lock, whose write side
+//! waits for an RCU grace period (10-20 ms on an idle host, per container, which is what
+//! a `cgroup.procs` write costs): a v1 hierarchy through its `tasks` file ("0" moves the
+//! single-threaded writer), the cgroup2 dir by cloning the process straight into it
+//! (`clone3` with `CLONE_INTO_CGROUP`). The container process is cloned so by the middle
+//! child. An exec'd process with a cgroup2 dir to join is cloned so by a short-lived
+//! child the shim forks in its own pid namespace: it points its children at the
+//! container's pid namespace, clones the exec'd process as the shim's child
+//! (`CLONE_PARENT`), reports its pid first on the report pipe and exits (the shim reaps
+//! it). A pod with a user namespace joins its cgroup2 dir by writing, before it enters
+//! the namespace, whose root may not write the host's cgroups.
+//!
 //! [`exec_now`] has no start pipe either: the exec'd process calls `execve` as soon as it
 //! is set up, and the report pipe carries either a failure or end of file. It needs no
 //! handshake because nothing in the caller may reap children it does not know (see
@@ -128,9 +140,9 @@ pub struct CreateOptions<'a> {
     /// Overlay to mount at spec.root.path inside the container's mount namespace (None:
     /// spec.root.path is already a ready rootfs dir, used by tests and external bundles).
     pub overlay: Option<&'a OverlayMount>,
-    /// Cgroup directories (one per v1 hierarchy, or the single v2 dir) whose cgroup.procs
-    /// the process joins before it runs anything.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// Cgroup directories (one per v1 hierarchy, and the cgroup2 one) the process joins
+    /// before it runs anything (see `plan::CgroupJoin` for how).
+    pub cgroup_dirs: Vec<PathBuf>,
     pub stdio: Stdio,
     /// oom_score_adj to set (already clamped by the caller); None: spec.process's, if any.
     pub oom_score_adj: Option<i32>,
@@ -163,7 +175,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
     let plan = plan::container(
         opts.spec,
         opts.overlay,
-        &opts.cgroup_procs,
+        &opts.cgroup_dirs,
         opts.oom_score_adj,
     )?;
     let console = opts.spec.process().as_ref().and_then(|p| p.console_size());
@@ -179,7 +191,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
 
 /// Runs `process` inside the running container whose init is `target_pid`: joins its ipc,
 /// uts, net, pid and mount namespaces (and its cgroup namespace if it differs from ours)
-/// and `cgroup_procs`, sets user, groups, capabilities, no_new_privs, cwd and env.
+/// and `cgroup_dirs`, sets user, groups, capabilities, no_new_privs, cwd and env.
 ///
 /// `seccomp` is the container's compiled filter ([`Created::seccomp`] of its [`create`]):
 /// an exec'd process is confined like the container's own.
@@ -191,16 +203,26 @@ pub fn exec(
     target_pid: i32,
     process: &oci_spec::runtime::Process,
     seccomp: Option<Arc<crate::seccomp::Program>>,
-    cgroup_procs: &[PathBuf],
+    cgroup_dirs: &[PathBuf],
     stdio: Stdio,
 ) -> Result<Created, LaunchError> {
     ensure_subreaper()?;
-    let plan = plan::exec(target_pid, process, seccomp, cgroup_procs)?;
+    let plan = plan::exec(target_pid, process, seccomp, cgroup_dirs)?;
     let (stdio, pty_master) = prepare_stdio(stdio, process.console_size())?;
     let (start_r, start_w) = start_pipe()?;
-    let (pid, mut report) = spawn(Child::Exec(&plan), stdio, Some(start_r))?;
-    let outcome = read_setup(&mut report, Some(pid))?;
+    let (forked, mut report) = spawn(Child::Exec(&plan), stdio, Some(start_r))?;
+    let outcome = read_setup(&mut report, Some(forked))?;
+    reap_intermediate(forked, outcome.0);
     held(outcome, start_w, report, pty_master, None)
+}
+
+/// Reaps the process the shim forked for an exec when another one, cloned into the
+/// container's cgroup2 directory, became the exec'd process (its pid came first on the
+/// report pipe; see `child::exec_into_v2`). The intermediate exits right after the clone.
+fn reap_intermediate(forked: pid_t, process: Option<pid_t>) {
+    if process.is_some_and(|p| p != forked) {
+        let _ = sys::waitpid(forked);
+    }
 }
 
 /// A process that has called `execve` (from [`exec_now`]).
@@ -225,18 +247,21 @@ pub fn exec_now(
     target_pid: i32,
     process: &oci_spec::runtime::Process,
     seccomp: Option<Arc<crate::seccomp::Program>>,
-    cgroup_procs: &[PathBuf],
+    cgroup_dirs: &[PathBuf],
     stdio: Stdio,
 ) -> Result<Running, LaunchError> {
     ensure_subreaper()?;
-    let plan = plan::exec(target_pid, process, seccomp, cgroup_procs)?;
+    let plan = plan::exec(target_pid, process, seccomp, cgroup_dirs)?;
     let (stdio, pty_master) = prepare_stdio(stdio, process.console_size())?;
-    let (pid, mut report) = spawn(Child::Exec(&plan), stdio, None)?;
-    let outcome = read_failure(&mut report);
-    let failure = match outcome {
-        Ok(None) => return Ok(Running { pid, pty_master }),
-        Ok(Some(failure)) => failure,
-        Err(e) => e,
+    let (forked, mut report) = spawn(Child::Exec(&plan), stdio, None)?;
+    let (process, failure) = match read_failure(&mut report) {
+        Ok(read) => read,
+        Err(e) => (None, Some(e)),
+    };
+    reap_intermediate(forked, process);
+    let pid = process.unwrap_or(forked);
+    let Some(failure) = failure else {
+        return Ok(Running { pid, pty_master });
     };
     let _ = sys::waitpid(pid);
     Err(failure)
@@ -456,6 +481,11 @@ fn spawn(
     };
     let pid = match &what {
         Child::Middle(_) => sys::fork().map_err(|e| io_error("forking the container process", e)),
+        // With a cgroup2 dir to join, the child enters the pid namespace itself and
+        // clones the exec'd process (see `child::exec_into_v2`).
+        Child::Exec(plan) if plan::v2_join(&plan.cgroups).is_some() => {
+            sys::fork().map_err(|e| io_error("forking the exec'd process", e))
+        }
         Child::Exec(plan) => fork_in_pid_ns(plan.pid_ns.as_ref()),
     }?;
     if pid == 0 {
@@ -533,17 +563,22 @@ fn read_setup(
 }
 
 /// Reads the report of an exec'd process started without a handshake to its end (it has
-/// called `execve`, or failed): its failure, if any.
-fn read_failure(report: &mut BufReader<File>) -> Result<Option<LaunchError>, LaunchError> {
+/// called `execve`, or failed): its pid if it reported one (it is not the forked
+/// process), and its failure, if any.
+fn read_failure(
+    report: &mut BufReader<File>,
+) -> Result<(Option<pid_t>, Option<LaunchError>), LaunchError> {
+    let mut pid = None;
     let mut failure = None;
     loop {
         let record =
             recv(report).map_err(|e| io_error("reading the exec'd process's report", e))?;
         let Some((tag, payload)) = record else {
-            return Ok(failure);
+            return Ok((pid, failure));
         };
         let text = String::from_utf8_lossy(&payload).into_owned();
         match tag {
+            TAG_PID if pid.is_none() => pid = text.parse::<pid_t>().ok(),
             _ if failure.is_some() => {}
             TAG_EXEC => failure = Some(LaunchError::Exec(text)),
             TAG_ERROR => failure = Some(LaunchError::Setup(text)),

@@ -369,7 +369,7 @@ impl TaskService {
             let opts = launch::CreateOptions {
                 spec,
                 overlay,
-                cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+                cgroup_dirs: cgroup.as_ref().map(|c| c.join_dirs()).unwrap_or_default(),
                 stdio,
                 oom_score_adj,
             };
@@ -552,7 +552,7 @@ impl TaskService {
         if let Some(oci) = &self.inner.oci {
             return self.start_oci_exec(oci, id, exec_id);
         }
-        let (target, process, paths, terminal, cgroup_procs, seccomp) = {
+        let (target, process, paths, terminal, cgroup_dirs, seccomp) = {
             let containers = self.lock();
             let (c, x) = running_exec(&containers, id, exec_id)?;
             (
@@ -560,10 +560,7 @@ impl TaskService {
                 x.process.clone(),
                 [x.stdin.clone(), x.stdout.clone(), x.stderr.clone()],
                 x.terminal,
-                c.cgroup
-                    .as_ref()
-                    .map(|g| g.procs_files())
-                    .unwrap_or_default(),
+                c.cgroup.as_ref().map(|g| g.join_dirs()).unwrap_or_default(),
                 c.seccomp.clone(),
             )
         };
@@ -583,7 +580,7 @@ impl TaskService {
             },
         };
         let mut created =
-            launch::exec(target, &process, seccomp, &cgroup_procs, stdio).map_err(|e| {
+            launch::exec(target, &process, seccomp, &cgroup_dirs, stdio).map_err(|e| {
                 err(
                     ttrpc::Code::FAILED_PRECONDITION,
                     format!("exec in {id}: {e}"),
@@ -757,11 +754,7 @@ impl TaskService {
         let target = ExecTarget {
             pid: c.init.pid,
             bundle: PathBuf::from(&c.bundle),
-            cgroup_procs: c
-                .cgroup
-                .as_ref()
-                .map(|g| g.procs_files())
-                .unwrap_or_default(),
+            cgroup_dirs: c.cgroup.as_ref().map(|g| g.join_dirs()).unwrap_or_default(),
             seccomp: c.seccomp.clone(),
         };
         c.execs.insert(
@@ -809,7 +802,7 @@ impl TaskService {
                 target.pid,
                 process,
                 target.seccomp.clone(),
-                &target.cgroup_procs,
+                &target.cgroup_dirs,
                 stdio,
             )
             .map(|running| running.pid)
@@ -1124,7 +1117,7 @@ struct ExecTarget {
     /// The container's init.
     pid: i32,
     bundle: PathBuf,
-    cgroup_procs: Vec<PathBuf>,
+    cgroup_dirs: Vec<PathBuf>,
     seccomp: Option<Arc<crate::seccomp::Program>>,
 }
 

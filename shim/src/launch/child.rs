@@ -1,12 +1,14 @@
 //! The code that runs in the forked children, between `fork` and `execve`.
 //!
-//! The middle child joins the cgroups and the namespaces (the user namespace first, after
-//! mounting the rootfs with idmapped layers while still in the host's), creates the new
-//! ones and forks the container process (an exec'd process, forked by the shim into the
-//! container's pid namespace, joins the rest itself: [`run_exec`]); the container process (the grandchild) sets up
-//! its mount namespace and root, switches user and capabilities, reports "ready" and blocks until
-//! the shim says start, then execs (or, without a start pipe, execs right away). Nothing here logs or takes a lock: failures travel to
-//! the shim as short messages over the report pipe (see [`send`]), then the child `_exit`s.
+//! The middle child joins the cgroup v1 hierarchies and the namespaces (the user
+//! namespace first, after mounting the rootfs with idmapped layers while still in the
+//! host's), creates the new ones and clones the container process into the cgroup2 dir
+//! (an exec'd process joins the rest itself: [`run_exec`]). The container process (the
+//! grandchild) makes its cgroup namespace, sets up its mount namespace and root, switches
+//! user and capabilities, reports "ready" and blocks until the shim says start, then
+//! execs (or, without a start pipe, execs right away). Nothing here logs or takes a lock:
+//! failures travel to the shim as short messages over the report pipe (see [`send`]),
+//! then the child `_exit`s.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -17,8 +19,8 @@ use libc::{c_int, c_ulong, pid_t};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::plan::{
-    CgroupJoin, ContainerPlan, DevicePlan, ExecPlan, MountKind, MountPlan, NsJoin, ProcessPlan,
-    UsernsPlan, BIND_REMOUNT_FLAGS,
+    v2_join, CgroupJoin, ContainerPlan, DevicePlan, ExecPlan, MountKind, MountPlan, NsJoin,
+    ProcessPlan, UsernsPlan, BIND_REMOUNT_FLAGS,
 };
 use super::sys::{self, cvt, FdPath};
 
@@ -103,20 +105,50 @@ pub(super) fn run_middle(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> ! {
     }
 }
 
-/// oom_score_adj and cgroups, while still in the host's user namespace.
+/// oom_score_adj and the cgroup v1 hierarchies, while still in the host's user namespace.
+/// The cgroup2 directory is joined when the process is forked ([`fork_into_v2`],
+/// [`exec_into_v2`]).
 fn enter_host(oom: &Option<String>, cgroups: &[CgroupJoin]) -> Result<(), Fail> {
     if let Some(v) = oom {
         sys::write_file(c"/proc/self/oom_score_adj", v.as_bytes())
             .ctx(|| format!("setting oom_score_adj to {v}"))?;
     }
     for cg in cgroups {
-        // "0" moves the writer itself, in v1 and v2 alike.
-        sys::write_all(cg.fd.as_raw_fd(), b"0").ctx(|| {
-            let dir = cg.path.parent().unwrap_or(&cg.path);
-            format!("joining the cgroup {}", dir.display())
-        })?;
+        if let CgroupJoin::V1 { tasks, dir } = cg {
+            // "0": the writing thread, which is the whole (single-threaded) process.
+            sys::write_all(tasks.as_raw_fd(), b"0")
+                .ctx(|| format!("joining the cgroup {}", dir.display()))?;
+        }
     }
     Ok(())
+}
+
+/// Moves this (single-threaded) process into the cgroup2 directory by writing to its
+/// `cgroup.procs`: the fallback of [`fork_into_v2`], and the way in before joining a pod's
+/// user namespace.
+fn join_v2_by_write(cg: &CgroupJoin) -> Result<(), Fail> {
+    let CgroupJoin::V2 { procs, dir, .. } = cg else {
+        return Ok(());
+    };
+    sys::write_all(procs.as_raw_fd(), b"0").ctx(|| format!("joining the cgroup {}", dir.display()))
+}
+
+/// What [`fork_into_v2`] returns in the child: the cgroup2 directory it still has to join
+/// (clone3 could not put it there), if any.
+type Pending<'p> = Option<&'p CgroupJoin>;
+
+/// Forks the container process straight into the cgroup2 directory `v2` (if any), or with
+/// a plain fork when the kernel cannot (the child then joins by writing; see
+/// [`join_v2_by_write`]). Signals stay blocked in the child, as they are here since the
+/// first fork.
+fn fork_into_v2(v2: Option<&CgroupJoin>) -> Result<(pid_t, Pending<'_>), Fail> {
+    if let Some(cg @ CgroupJoin::V2 { dir_fd, .. }) = v2 {
+        if let Ok(pid) = sys::fork_into_cgroup(dir_fd.as_raw_fd(), false) {
+            return Ok((pid, None));
+        }
+        return Ok((fork_plain()?, Some(cg)));
+    }
+    Ok((fork_plain()?, None))
 }
 
 /// Joins a (pod's) user namespace and becomes its root: the container's setup then
@@ -142,7 +174,7 @@ fn join_namespaces(join: &[NsJoin]) -> Result<(), Fail> {
     Ok(())
 }
 
-fn fork_grandchild() -> Result<pid_t, Fail> {
+fn fork_plain() -> Result<pid_t, Fail> {
     // Single-threaded here; signals are still blocked from the first fork.
     // SAFETY: plain fork of a single-threaded process.
     let pid = unsafe { libc::fork() };
@@ -218,8 +250,13 @@ fn premount(plan: &ContainerPlan<'_>, userns: &UsernsPlan) -> Result<Premounted,
 
 fn middle_create(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> Result<pid_t, Fail> {
     enter_host(&plan.oom_score_adj, &plan.cgroups)?;
+    let mut v2 = v2_join(&plan.cgroups);
     let premounted = match &plan.userns {
         Some(userns) => {
+            // The namespace's root may not write the host's cgroups: join first.
+            if let Some(cg) = v2.take() {
+                join_v2_by_write(cg)?;
+            }
             let p = premount(plan, userns)?;
             join_userns(&userns.join)?;
             Some(p)
@@ -227,16 +264,32 @@ fn middle_create(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> Result<pid_t, Fa
         None => None,
     };
     join_namespaces(&plan.join)?;
+    // The cgroup namespace is made by the container process, once it is in its cgroups:
+    // its root is the cgroup of whoever creates it.
+    let unshare = plan.unshare & !libc::CLONE_NEWCGROUP;
     // SAFETY: unshare with CLONE_NEW* flags only.
-    cvt(unsafe { libc::unshare(plan.unshare) })
-        .ctx(|| "creating the container's namespaces".into())?;
-    let pid = fork_grandchild()?;
+    cvt(unsafe { libc::unshare(unshare) }).ctx(|| "creating the container's namespaces".into())?;
+    let (pid, pending) = fork_into_v2(v2)?;
     if pid == 0 {
-        let exe = setup_container(plan, premounted.as_ref(), io)
+        let exe = pending
+            .map_or(Ok(()), join_v2_by_write)
+            .and_then(|()| new_cgroup_namespace(plan.unshare))
+            .and_then(|()| setup_container(plan, premounted.as_ref(), io))
             .and_then(|()| prepare_process(&plan.process, io));
         finish(&plan.process, exe, io)
     }
     Ok(pid)
+}
+
+/// The container's cgroup namespace, if the spec asks for a new one.
+fn new_cgroup_namespace(unshare: c_int) -> Result<(), Fail> {
+    if unshare & libc::CLONE_NEWCGROUP == 0 {
+        return Ok(());
+    }
+    // SAFETY: unshare with a CLONE_NEW* flag only.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })
+        .ctx(|| "creating the container's cgroup namespace".into())
+        .map(drop)
 }
 
 /// An exec'd process, forked by the shim straight into the target's pid namespace: joins
@@ -247,6 +300,7 @@ pub(super) fn run_exec(plan: &ExecPlan, io: &ChildIo<'_>) -> ! {
     sys::reset_signal_handlers();
     // A panic must never unwind back into the shim's code in a forked copy of it.
     let forked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        exec_into_v2(plan, io)?;
         enter_host(&plan.oom_score_adj, &plan.cgroups)?;
         if let Some(userns) = &plan.userns {
             join_userns(userns)?;
@@ -258,6 +312,35 @@ pub(super) fn run_exec(plan: &ExecPlan, io: &ChildIo<'_>) -> ! {
         Ok(exe) => finish(&plan.process, exe, io),
         Err(_) => report_panic(io),
     }
+}
+
+/// Puts the exec'd process into the cgroup2 directory, if the plan has one. The shim
+/// (multi-threaded) cannot clone straight into a cgroup, so it forked this process in its
+/// own pid namespace (see `launch::spawn`): this one points its children at the
+/// container's pid namespace, clones the exec'd process into the cgroup as a child of the
+/// shim (`CLONE_PARENT`), reports its pid (a host pid, as this process is in the shim's
+/// namespace) and exits; the child returns from here and goes on. The shim reaps this
+/// process before it waits for the other. Without clone3 (kernels before 5.7) the child is
+/// cloned without the cgroup and joins by writing.
+fn exec_into_v2(plan: &ExecPlan, io: &ChildIo<'_>) -> Result<(), Fail> {
+    let Some(cg @ CgroupJoin::V2 { dir_fd, .. }) = v2_join(&plan.cgroups) else {
+        return Ok(());
+    };
+    if let Some(ns) = &plan.pid_ns {
+        sys::setns(ns.fd.as_raw_fd(), libc::CLONE_NEWPID).ctx(|| format!("joining {}", ns.what))?;
+    }
+    let (pid, pending) = match sys::fork_into_cgroup(dir_fd.as_raw_fd(), true) {
+        Ok(pid) => (pid, None),
+        Err(_) => (
+            sys::fork_sibling().ctx(|| "forking the exec'd process".into())?,
+            Some(cg),
+        ),
+    };
+    if pid > 0 {
+        send(io.report, TAG_PID, pid.to_string().as_bytes());
+        sys::exit(0)
+    }
+    pending.map_or(Ok(()), join_v2_by_write)
 }
 
 /// The executable found on PATH, or the message to report when started.

@@ -45,10 +45,44 @@ pub(super) struct UsernsPlan {
     pub(super) idmap: Vec<(CString, PathBuf)>,
 }
 
-/// A `cgroup.procs` file, opened for writing on the host.
-pub(super) struct CgroupJoin {
-    pub(super) fd: OwnedFd,
-    pub(super) path: PathBuf,
+/// How the process joins one cgroup, prepared on the host. Neither way takes the kernel's
+/// global threadgroup lock, whose write side waits for an RCU grace period (10-20 ms on an
+/// idle host) whenever a whole process moves through `cgroup.procs`.
+pub(super) enum CgroupJoin {
+    /// A cgroup v1 hierarchy: the process, single-threaded, writes "0" to `tasks`, which
+    /// moves only the writing thread (kernels before 5.19 take the lock anyway; correct,
+    /// only slower).
+    V1 { tasks: OwnedFd, dir: PathBuf },
+    /// The cgroup2 directory: the process is cloned straight into it (clone3 with
+    /// `CLONE_INTO_CGROUP`, which only reads the lock). Where that cannot be used (no
+    /// clone3, a pod user namespace whose root may not write the host's cgroups) the
+    /// process writes "0" to `procs` instead.
+    V2 {
+        dir_fd: OwnedFd,
+        procs: OwnedFd,
+        dir: PathBuf,
+    },
+}
+
+impl CgroupJoin {
+    /// The cgroup directory.
+    pub(super) fn dir(&self) -> &Path {
+        match self {
+            CgroupJoin::V1 { dir, .. } | CgroupJoin::V2 { dir, .. } => dir,
+        }
+    }
+
+    fn fds(&self) -> Vec<RawFd> {
+        match self {
+            CgroupJoin::V1 { tasks, .. } => vec![tasks.as_raw_fd()],
+            CgroupJoin::V2 { dir_fd, procs, .. } => vec![dir_fd.as_raw_fd(), procs.as_raw_fd()],
+        }
+    }
+}
+
+/// The cgroup2 join among `cgroups`, if any.
+pub(super) fn v2_join(cgroups: &[CgroupJoin]) -> Option<&CgroupJoin> {
+    cgroups.iter().find(|c| matches!(c, CgroupJoin::V2 { .. }))
 }
 
 /// Everything `create()` needs, prepared.
@@ -78,7 +112,7 @@ pub(super) struct ContainerPlan<'a> {
 impl ContainerPlan<'_> {
     /// Descriptors the children need (all others are closed in them).
     pub(super) fn fds(&self) -> Vec<RawFd> {
-        let cg = self.cgroups.iter().map(|c| c.fd.as_raw_fd());
+        let cg = self.cgroups.iter().flat_map(CgroupJoin::fds);
         let user = self.userns.iter().map(|u| u.join.fd.as_raw_fd());
         cg.chain(user)
             .chain(self.join.iter().map(|n| n.fd.as_raw_fd()))
@@ -91,8 +125,8 @@ pub(super) struct ExecPlan {
     pub(super) cgroups: Vec<CgroupJoin>,
     /// The target's user namespace when it is not the shim's, joined first.
     pub(super) userns: Option<NsJoin>,
-    /// The target's pid namespace when it is not the shim's: the shim forks the exec'd
-    /// process into it.
+    /// The target's pid namespace when it is not the shim's: the exec'd process is forked
+    /// into it (by the shim, or by the child that clones it into the cgroup2 dir).
     pub(super) pid_ns: Option<NsJoin>,
     /// The target's other namespaces, the mount namespace last.
     pub(super) join: Vec<NsJoin>,
@@ -102,9 +136,11 @@ pub(super) struct ExecPlan {
 
 impl ExecPlan {
     pub(super) fn fds(&self) -> Vec<RawFd> {
-        let cg = self.cgroups.iter().map(|c| c.fd.as_raw_fd());
+        let cg = self.cgroups.iter().flat_map(CgroupJoin::fds);
         let user = self.userns.iter().map(|n| n.fd.as_raw_fd());
+        let pid = self.pid_ns.iter().map(|n| n.fd.as_raw_fd());
         cg.chain(user)
+            .chain(pid)
             .chain(self.join.iter().map(|n| n.fd.as_raw_fd()))
             .collect()
     }
@@ -553,22 +589,38 @@ fn userns_plan(
 }
 
 fn cgroup_plan(dirs: &[PathBuf]) -> Result<Vec<CgroupJoin>, LaunchError> {
-    dirs.iter()
-        .map(|dir| {
-            let path = if dir.ends_with("cgroup.procs") {
-                dir.clone()
-            } else {
-                dir.join("cgroup.procs")
-            };
-            let file = OpenOptions::new().write(true).open(&path).map_err(|e| {
-                host_io(format!("opening {} to join the cgroup", path.display()), e)
-            })?;
-            Ok(CgroupJoin {
-                fd: file.into(),
-                path,
-            })
-        })
-        .collect()
+    dirs.iter().map(|dir| cgroup_join(dir)).collect()
+}
+
+/// Prepares joining the cgroup directory `dir` (a path to its `cgroup.procs` is taken as
+/// the directory), the way its hierarchy allows: see [`CgroupJoin`].
+fn cgroup_join(dir: &Path) -> Result<CgroupJoin, LaunchError> {
+    let dir = match dir.ends_with("cgroup.procs") {
+        true => dir.parent().unwrap_or(dir).to_path_buf(),
+        false => dir.to_path_buf(),
+    };
+    let open_write = |name: &str| {
+        let path = dir.join(name);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map(OwnedFd::from)
+            .map_err(|e| host_io(format!("opening {} to join the cgroup", path.display()), e))
+    };
+    if !crate::devfilter::is_cgroup2(&dir) {
+        return Ok(CgroupJoin::V1 {
+            tasks: open_write("tasks")?,
+            dir,
+        });
+    }
+    let dir_fd = File::open(&dir)
+        .map(OwnedFd::from)
+        .map_err(|e| host_io(format!("opening the cgroup {}", dir.display()), e))?;
+    Ok(CgroupJoin::V2 {
+        dir_fd,
+        procs: open_write("cgroup.procs")?,
+        dir,
+    })
 }
 
 /// Installs the spec's device rules (`linux.resources.devices`) on the host, before the
@@ -586,7 +638,7 @@ fn apply_device_rules(cgroups: &[CgroupJoin], linux: Option<&Linux>) -> Result<(
     else {
         return Ok(());
     };
-    let dirs: Vec<&Path> = cgroups.iter().filter_map(|c| c.path.parent()).collect();
+    let dirs: Vec<&Path> = cgroups.iter().map(CgroupJoin::dir).collect();
     if let Some(dir) = dirs.iter().find(|d| d.join("devices.allow").exists()) {
         // The v1 `devices` controller enforces the rules; a program on the hybrid
         // layout's controller-less cgroup2 dir would only check them a second time (and

@@ -125,6 +125,69 @@ pub(super) fn fork() -> io::Result<pid_t> {
     }
 }
 
+/// `clone3(2)`'s `CLONE_INTO_CGROUP` (not in every libc version).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` up to its `cgroup` field (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Forks like `fork(2)` (a copy of this process continuing on a copy of this stack), with
+/// the child born in the cgroup2 directory `cgroup` (`clone3` with `CLONE_INTO_CGROUP`).
+/// With `parent_is_ours` the child is a child of this process's parent (`CLONE_PARENT`),
+/// not of this process. Returns 0 in the child.
+///
+/// For a single-threaded caller only (a child of the shim): no fork handlers run, which
+/// is safe only when no other thread can hold a lock the child might take. Fails with
+/// ENOSYS, E2BIG or EINVAL on kernels without clone3 or `CLONE_INTO_CGROUP` (before 5.7).
+pub(super) fn fork_into_cgroup(cgroup: RawFd, parent_is_ours: bool) -> io::Result<pid_t> {
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup as u64,
+        ..CloneArgs::default()
+    };
+    if parent_is_ours {
+        // The child's exit signal is then this process's own (SIGCHLD); clone3 wants 0 here.
+        args.flags |= libc::CLONE_PARENT as u64;
+        args.exit_signal = 0;
+    }
+    // SAFETY: args is a valid clone_args of the size passed; without CLONE_VM the child
+    // gets its own copy of memory and returns here like a forked child.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    cvt_long(r).map(|pid| pid as pid_t)
+}
+
+/// `clone(CLONE_PARENT)`, fork-like: the fallback of [`fork_into_cgroup`] on kernels
+/// without clone3. Returns 0 in the child, which is a child of this process's parent.
+/// Single-threaded callers only, as for [`fork_into_cgroup`].
+pub(super) fn fork_sibling() -> io::Result<pid_t> {
+    let flags = libc::CLONE_PARENT as c_ulong;
+    // SAFETY: without CLONE_VM and with no new stack the child gets its own copy of memory
+    // and returns here like a forked child; the other arguments are unused.
+    let r = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    cvt_long(r).map(|pid| pid as pid_t)
+}
+
 /// `setns(2)`: joins the namespace `fd` refers to (for a pid namespace: the calling
 /// thread's future children's).
 pub(super) fn setns(fd: RawFd, nstype: c_int) -> io::Result<()> {

@@ -278,12 +278,12 @@ fn run(spec: &Spec) -> Output {
     run_with(spec, None, Vec::new())
 }
 
-fn run_with(spec: &Spec, overlay: Option<&OverlayMount>, cgroup_procs: Vec<PathBuf>) -> Output {
+fn run_with(spec: &Spec, overlay: Option<&OverlayMount>, cgroup_dirs: Vec<PathBuf>) -> Output {
     let (out_r, err_r, stdio) = pipes();
     let created = create(CreateOptions {
         spec,
         overlay,
-        cgroup_procs,
+        cgroup_dirs,
         stdio,
         oom_score_adj: None,
     })
@@ -453,7 +453,7 @@ fn missing_cwd_fails_create() {
     let err = create(CreateOptions {
         spec: &spec,
         overlay: None,
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio: Stdio::Pipes {
             stdin: None,
             stdout: dev_null(),
@@ -574,7 +574,7 @@ fn missing_command_fails_at_start() {
     let created = create(CreateOptions {
         spec: &spec,
         overlay: None,
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio: Stdio::Pipes {
             stdin: None,
             stdout: dev_null(),
@@ -595,7 +595,7 @@ fn missing_command_fails_at_start() {
     let created = create(CreateOptions {
         spec: &spec,
         overlay: None,
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio: Stdio::Pipes {
             stdin: None,
             stdout: dev_null(),
@@ -615,7 +615,7 @@ fn create_err(spec: &Spec) -> LaunchError {
     create(CreateOptions {
         spec,
         overlay: None,
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio: Stdio::Pipes {
             stdin: None,
             stdout: dev_null(),
@@ -671,7 +671,7 @@ fn dropped_without_start_exits() {
     let created = create(CreateOptions {
         spec: &spec,
         overlay: None,
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio,
         oom_score_adj: None,
     })
@@ -944,7 +944,7 @@ fn exec_joins_a_containers_user_and_pid_namespaces() {
     let created = create(CreateOptions {
         spec: &spec,
         overlay: Some(&overlay),
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio: Stdio::Pipes {
             stdin: None,
             stdout: dev_null(),
@@ -980,30 +980,112 @@ fn exec_joins_a_containers_user_and_pid_namespaces() {
     );
 }
 
+/// Test cgroups, one per hierarchy this machine has of the two kinds (a v1 `pids`
+/// hierarchy and the cgroup2 one), removed on drop: (dirs, their removal guards).
+fn test_cgroups(name: &str) -> (Vec<PathBuf>, Vec<RmdirOnDrop>) {
+    let v1 = Path::new("/sys/fs/cgroup/pids");
+    let roots = [Some(v1.to_path_buf()), cgroup2_root()];
+    let dirs: Vec<PathBuf> = roots
+        .into_iter()
+        .flatten()
+        .filter(|r| r.join("cgroup.procs").exists())
+        .map(|r| r.join(format!("{name}-{}", std::process::id())))
+        .collect();
+    let guards = dirs
+        .iter()
+        .map(|d| {
+            fs::create_dir(d).unwrap();
+            RmdirOnDrop(d.clone())
+        })
+        .collect();
+    (dirs, guards)
+}
+
+/// The lines of a /proc/<pid>/cgroup text, one per joined hierarchy, for `dirs`: the
+/// path each should show, from the hierarchy root (or "/" inside a cgroup namespace).
+fn expected_cgroup_lines(dirs: &[PathBuf], in_namespace: bool) -> Vec<String> {
+    dirs.iter()
+        .map(|d| {
+            let leaf = d.file_name().unwrap().to_string_lossy();
+            let hierarchy = match crate::devfilter::is_cgroup2(d) {
+                true => "0::".to_string(),
+                false => ":pids:".to_string(),
+            };
+            match in_namespace {
+                true => format!("{hierarchy}/\n"),
+                false => format!("{hierarchy}/{leaf}\n"),
+            }
+        })
+        .collect()
+}
+
+/// The container process and an exec'd one join every cgroup given: the v1 hierarchies
+/// through `tasks`, the cgroup2 dir by being cloned into it (the exec'd process through
+/// an intermediate, whose pid must not be the one returned); a cgroup namespace, made
+/// once the process is in its cgroups, shows each of them as `/`.
 #[test]
-fn joins_cgroup() {
+fn joins_v1_and_cgroup2_cgroups() {
     use LinuxNamespaceType::*;
-    let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        Path::new("/sys/fs/cgroup")
-    } else {
-        Path::new("/sys/fs/cgroup/pids")
-    };
-    if !base.join("cgroup.procs").exists() {
-        eprintln!("no usable cgroup hierarchy at {}: skipped", base.display());
+    let (dirs, _guards) = test_cgroups("cairn-launch-test");
+    if dirs.is_empty() {
+        eprintln!("no usable cgroup hierarchy: skipped");
         return;
     }
     let fx = Fixture::new();
-    let name = format!("cairn-launch-test-{}", std::process::id());
-    let dir = base.join(&name);
-    fs::create_dir(&dir).unwrap();
-    let _rmdir = RmdirOnDrop(dir.clone());
+    let mut spec = fx.spec(&["sleep", "30"]);
+    let linux = spec.linux_mut().as_mut().unwrap();
+    linux.set_namespaces(Some(namespaces(&[Pid, Ipc, Uts, Mount])));
+    let created = create(CreateOptions {
+        spec: &spec,
+        overlay: None,
+        cgroup_dirs: dirs.clone(),
+        stdio: Stdio::Pipes {
+            stdin: None,
+            stdout: dev_null(),
+            stderr: dev_null(),
+        },
+        oom_score_adj: None,
+    })
+    .unwrap();
+    let pid = created.pid;
+    let _container = KillOnDrop(pid);
+    created.start().unwrap();
+    let seen = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in expected_cgroup_lines(&dirs, false) {
+        assert!(seen.contains(&line), "{line:?} in {seen}");
+    }
+    // Exec'd processes, with and without a start handshake; the exit code tells the
+    // exec'd process from an intermediate (which exits 0).
+    let p = process(&["sh", "-c", "cat /proc/self/cgroup; exit 7"]);
+    let (out_r, _err_r, stdio) = pipes();
+    let running = exec_now(pid, &p, None, &dirs, stdio).unwrap();
+    let seen = read_all(out_r);
+    assert_eq!(
+        wait(running.pid),
+        7,
+        "the returned pid is the exec'd process"
+    );
+    for line in expected_cgroup_lines(&dirs, false) {
+        assert!(seen.contains(&line), "exec_now: {line:?} in {seen}");
+    }
+    let (out_r, _err_r, stdio) = pipes();
+    let held = exec(pid, &p, None, &dirs, stdio).unwrap();
+    let exec_pid = held.pid;
+    held.start().unwrap();
+    let seen = read_all(out_r);
+    assert_eq!(wait(exec_pid), 7, "the returned pid is the exec'd process");
+    for line in expected_cgroup_lines(&dirs, false) {
+        assert!(seen.contains(&line), "exec: {line:?} in {seen}");
+    }
+    drop(_container);
+
     let mut spec = fx.spec(&["cat", "/proc/self/cgroup"]);
-    spec.linux_mut()
-        .as_mut()
-        .unwrap()
-        .set_namespaces(Some(namespaces(&[Pid, Ipc, Uts, Mount])));
-    let out = run_with(&spec, None, vec![dir.clone()]);
-    assert!(out.stdout.contains(&format!("/{name}\n")), "{out:?}");
+    let linux = spec.linux_mut().as_mut().unwrap();
+    linux.set_namespaces(Some(namespaces(&[Pid, Ipc, Uts, Mount, Cgroup])));
+    let out = run_with(&spec, None, dirs.clone());
+    for line in expected_cgroup_lines(&dirs, true) {
+        assert!(out.stdout.contains(&line), "cgroupns: {line:?} in {out:?}");
+    }
     fx.assert_no_mounts();
 }
 
@@ -1018,7 +1100,7 @@ fn terminal() {
     let mut created = create(CreateOptions {
         spec: &spec,
         overlay: None,
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio: Stdio::Terminal,
         oom_score_adj: None,
     })
@@ -1050,7 +1132,7 @@ fn exec_joins_running_container() {
     let created = create(CreateOptions {
         spec: &spec,
         overlay: None,
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio: Stdio::Pipes {
             stdin: None,
             stdout: dev_null(),
@@ -1116,7 +1198,7 @@ fn exec_now_runs_without_a_start_and_keeps_the_status_of_a_fast_exit() {
     let created = create(CreateOptions {
         spec: &spec,
         overlay: None,
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio: Stdio::Pipes {
             stdin: None,
             stdout: dev_null(),
@@ -1231,7 +1313,7 @@ fn create_start_timing() {
             let created = create(CreateOptions {
                 spec,
                 overlay,
-                cgroup_procs: Vec::new(),
+                cgroup_dirs: Vec::new(),
                 stdio: Stdio::Pipes {
                     stdin: None,
                     stdout: dev_null(),
@@ -1317,7 +1399,7 @@ fn exec_gets_the_containers_filter() {
     let created = create(CreateOptions {
         spec: &spec,
         overlay: None,
-        cgroup_procs: Vec::new(),
+        cgroup_dirs: Vec::new(),
         stdio: Stdio::Pipes {
             stdin: None,
             stdout: dev_null(),
