@@ -458,6 +458,14 @@ impl Cgroup {
     }
 
     fn create_v1_in(&self, root: &Path, is_cpuset: bool) -> Result<()> {
+        // Most often only the leaf is missing: one mkdir, not one per level.
+        let leaf = root.join(&self.path);
+        if let (Some(parent), Ok(())) = (leaf.parent(), fs::create_dir(&leaf)) {
+            if is_cpuset {
+                inherit_cpuset(parent, &leaf)?;
+            }
+            return Ok(());
+        }
         let mut dir = root.to_path_buf();
         for component in self.path.iter() {
             let parent = dir.clone();
@@ -471,6 +479,11 @@ impl Cgroup {
     }
 
     fn create_v2(&self, root: &Path) -> Result<()> {
+        // Most often the parent exists with every controller cairn uses on: one mkdir.
+        let leaf = root.join(&self.path);
+        if leaf.parent().is_some_and(controllers_on) && fs::create_dir(&leaf).is_ok() {
+            return Ok(());
+        }
         let mut dir = root.to_path_buf();
         for component in self.path.iter() {
             enable_v2_controllers(&dir)?;
@@ -1247,6 +1260,21 @@ fn inherit_cpuset(parent: &Path, dir: &Path) -> Result<()> {
         write_file(&dir.join(file), inherited)?;
     }
     Ok(())
+}
+
+/// v2: whether every controller cairn uses that `dir` offers is on for its children.
+fn controllers_on(dir: &Path) -> bool {
+    let read = |name: &str| read_opt(&dir.join(name)).ok().flatten();
+    let (Some(available), Some(enabled)) =
+        (read("cgroup.controllers"), read("cgroup.subtree_control"))
+    else {
+        return false;
+    };
+    let enabled: BTreeSet<&str> = enabled.split_whitespace().collect();
+    available
+        .split_whitespace()
+        .filter(|c| V2_CONTROLLERS.contains(c))
+        .all(|c| enabled.contains(c))
 }
 
 /// v2: enables the controllers cairn uses in `dir`'s `cgroup.subtree_control`, those

@@ -146,6 +146,9 @@ pub struct CreateOptions<'a> {
     pub stdio: Stdio,
     /// oom_score_adj to set (already clamped by the caller); None: spec.process's, if any.
     pub oom_score_adj: Option<i32>,
+    /// The compiled program of the spec's `linux.seccomp`, if the caller has it (cairnd
+    /// compiles each profile once); None: it is compiled here.
+    pub seccomp: Option<Arc<crate::seccomp::Program>>,
 }
 
 /// A process set up and blocked just before `execve`.
@@ -177,6 +180,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
         opts.overlay,
         &opts.cgroup_dirs,
         opts.oom_score_adj,
+        opts.seccomp,
     )?;
     let console = opts.spec.process().as_ref().and_then(|p| p.console_size());
     let (stdio, pty_master) = prepare_stdio(opts.stdio, console)?;

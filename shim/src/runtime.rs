@@ -45,7 +45,7 @@ use crate::config::{RuntimeHandler, RuntimeKind};
 use crate::execsync;
 use crate::podns;
 use crate::spec::{self, ContainerContext, PodContext};
-use crate::task::{overlay_to, read_exit, StatsJson, REOPEN_LOG};
+use crate::task::{overlay_to, read_exit, StatsJson, REOPEN_LOG, SECCOMP_PROGRAM};
 
 const PODS: &str = "pods";
 const CONTAINERS: &str = "containers";
@@ -170,6 +170,8 @@ pub struct Runtime {
     records: Store,
     /// Each container's OCI process as created: the template of its execs.
     processes: std::sync::Mutex<HashMap<String, oci_spec::runtime::Process>>,
+    /// Compiled seccomp programs, handed to the shims in the bundles.
+    seccomp: crate::seccomp::ProgramCache,
 }
 
 /// Opens the records' database, moving into it the records that older versions kept in
@@ -225,6 +227,7 @@ impl Runtime {
             cni: Cni::new(cni),
             records,
             processes: std::sync::Mutex::new(HashMap::new()),
+            seccomp: Default::default(),
         }))
     }
 
@@ -888,10 +891,57 @@ impl Runtime {
     ) -> Result<(), Status> {
         let bundle = self.state.join("containers").join(&rec.id);
         std::fs::create_dir_all(bundle.join("rootfs")).map_err(internal)?;
-        let snapshots = self.images.snapshotter();
-        let overlay = snapshots
-            .prepare(&rec.id, image.record.top_chain_id())
-            .map_err(store_err)?;
+        // The built-in launcher's cgroup is made while the rest is prepared (an external
+        // runtime makes its own).
+        let builtin = self.oci_runtime(&pod.runtime_handler)?.is_none();
+        let cgroup = builtin.then(|| self.make_cgroup(&rec.id, &rec.cgroup_path));
+        let parent = image.record.top_chain_id().map(str::to_string);
+        let layer = self.prepare_layer(&rec.id, parent).await;
+        let oci = match &layer {
+            Ok((overlay, _)) => self.container_spec(pod, rec, image, &bundle, overlay),
+            Err(e) => Err(e.clone()),
+        };
+        let written = oci
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|oci| self.write_bundle(oci, &bundle, &rec.id, builtin));
+        // Awaited in any case: a cgroup still being made could outlive the cleanup.
+        let cgroup = match cgroup {
+            Some(c) => c.finish(oci.as_ref().ok(), &rec.id).await,
+            None => Ok(()),
+        };
+        let (overlay, layer_recorded) = layer?;
+        let launched = match (oci, written, cgroup) {
+            (Ok(oci), Ok(()), Ok(())) => {
+                self.remember_process(&rec.id, &oci);
+                self.create_in_shim(pod, rec, &bundle, &overlay).await
+            }
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        };
+        // Its disk sync overlapped the rest. Awaited in any case: a container discarded
+        // before its layer is recorded would leave the record behind.
+        let recorded = layer_recorded.await.map_err(internal).and_then(|r| {
+            r.map_err(|e| {
+                internal(format!(
+                    "container {}: recording its writable layer: {e}",
+                    rec.id
+                ))
+            })
+        });
+        rec.pid = launched?;
+        recorded
+    }
+
+    /// The container's OCI spec from its CRI config, its pod and its image; records the
+    /// user it runs as.
+    fn container_spec(
+        &self,
+        pod: &PodRecord,
+        rec: &mut ContainerRecord,
+        image: &cairn_snapshotter::image::Image,
+        bundle: &Path,
+        overlay: &cairn_snapshotter::snapshot::OverlayMount,
+    ) -> Result<oci_spec::runtime::Spec, Status> {
         let pod_ctx = pod_context(pod);
         let cctx = ContainerContext {
             id: &rec.id,
@@ -934,8 +984,17 @@ impl Runtime {
             }
             spec::set_pid_namespace(&mut oci, format!("/proc/{}/ns/pid", t.pid).into());
         }
-        oci.save(bundle.join("config.json")).map_err(internal)?;
-        self.remember_process(&rec.id, &oci);
+        Ok(oci)
+    }
+
+    /// Creates the container in the pod's shim from its bundle, over `overlay`; its pid.
+    async fn create_in_shim(
+        &self,
+        pod: &PodRecord,
+        rec: &ContainerRecord,
+        bundle: &Path,
+        overlay: &cairn_snapshotter::snapshot::OverlayMount,
+    ) -> Result<u32, Status> {
         let client = self.shim(pod).await?;
         let resp = client
             .create(
@@ -943,7 +1002,7 @@ impl Runtime {
                 &task::CreateTaskRequest {
                     id: rec.id.clone(),
                     bundle: bundle.display().to_string(),
-                    rootfs: vec![overlay_to(&overlay)],
+                    rootfs: vec![overlay_to(overlay)],
                     terminal: rec.config.tty,
                     // cairn's convention: any value keeps the container's stdin open.
                     stdin: if rec.config.stdin {
@@ -957,8 +1016,101 @@ impl Runtime {
             )
             .await
             .map_err(|e| ttrpc_status(&format!("creating container {}", rec.id), e))?;
-        rec.pid = resp.pid;
-        Ok(())
+        Ok(resp.pid)
+    }
+
+    /// The container's writable layer: its overlay as soon as its dirs are in place, and
+    /// the commit of its record, which goes on in the background (see
+    /// `Snapshotter::prepare_then`).
+    async fn prepare_layer(
+        &self,
+        id: &str,
+        parent: Option<String>,
+    ) -> Result<
+        (
+            cairn_snapshotter::snapshot::OverlayMount,
+            tokio::task::JoinHandle<Result<(), cairn_snapshotter::Error>>,
+        ),
+        Status,
+    > {
+        let snapshots = self.images.snapshotter().clone();
+        let key = id.to_string();
+        let (placed_tx, placed_rx) = tokio::sync::oneshot::channel();
+        let recorded = tokio::task::spawn_blocking(move || {
+            snapshots.prepare_then(&key, parent.as_deref(), |m| {
+                let _ = placed_tx.send(m.clone());
+            })
+        });
+        match placed_rx.await {
+            Ok(overlay) => Ok((overlay, recorded)),
+            // It failed before its dirs were placed: the task says why.
+            Err(_) => Err(match recorded.await {
+                Ok(Err(e)) => store_err(e),
+                Ok(Ok(())) => internal(format!("container {id}: no writable layer")),
+                Err(e) => internal(e),
+            }),
+        }
+    }
+
+    /// Starts making the container's cgroup on a blocking thread; see [`CgroupMaking`].
+    fn make_cgroup(&self, id: &str, path: &str) -> CgroupMaking {
+        let layout = self.layout.clone();
+        let path = path.to_string();
+        let id = id.to_string();
+        let (limits, limits_rx) = tokio::sync::oneshot::channel();
+        let made = tokio::task::spawn_blocking(move || {
+            let Some(layout) = layout else {
+                return Ok(());
+            };
+            let cgroup = Cgroup::new(&layout, &path)?;
+            cgroup.create()?;
+            // Nothing when the spec has no limits, or could not be built (the caller then
+            // discards the container, and with it the cgroup).
+            let resources: Option<oci_spec::runtime::LinuxResources> =
+                limits_rx.blocking_recv().ok().flatten();
+            let applied = resources.as_ref().map_or(Ok(()), |r| cgroup.apply(r));
+            if let Err(e) = applied {
+                if let Err(d) = cgroup.delete() {
+                    tracing::warn!(container = %id, error = %d, "removing a cgroup whose limits failed");
+                }
+                return Err(e);
+            }
+            Ok(())
+        });
+        CgroupMaking { limits, made }
+    }
+
+    /// The bundle's files: the OCI spec, and for the built-in launcher the compiled
+    /// seccomp program.
+    fn write_bundle(
+        &self,
+        oci: &oci_spec::runtime::Spec,
+        bundle: &Path,
+        id: &str,
+        builtin: bool,
+    ) -> Result<(), Status> {
+        if builtin {
+            self.save_seccomp_program(oci, bundle, id)?;
+        }
+        oci.save(bundle.join("config.json")).map_err(internal)
+    }
+
+    /// Compiles the spec's seccomp profile (once per profile: most containers share one)
+    /// into the bundle, for the built-in launcher of the pod's shim.
+    fn save_seccomp_program(
+        &self,
+        oci: &oci_spec::runtime::Spec,
+        bundle: &Path,
+        id: &str,
+    ) -> Result<(), Status> {
+        let Some(profile) = oci.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+            return Ok(());
+        };
+        let program = self
+            .seccomp
+            .bytes(profile)
+            .map_err(|e| Status::invalid_argument(format!("container {id}: linux.seccomp: {e}")))?;
+        std::fs::write(bundle.join(SECCOMP_PROGRAM), program.as_slice()).map_err(internal)
     }
 
     /// Removes everything a half-made or removed container had.
@@ -1488,6 +1640,26 @@ impl Runtime {
                 }
             }
         });
+    }
+}
+
+/// A container's cgroup being made on a blocking thread: its dirs at once, then the limits
+/// of its spec, once that is built ([`CgroupMaking::finish`]).
+struct CgroupMaking {
+    limits: tokio::sync::oneshot::Sender<Option<oci_spec::runtime::LinuxResources>>,
+    made: tokio::task::JoinHandle<Result<(), crate::cgroup::CgroupError>>,
+}
+
+impl CgroupMaking {
+    /// Hands over the limits of `oci` (None: the spec could not be built) and waits until
+    /// the cgroup is made.
+    async fn finish(self, oci: Option<&oci_spec::runtime::Spec>, id: &str) -> Result<(), Status> {
+        let resources = oci.and_then(|o| o.linux().as_ref().and_then(|l| l.resources().clone()));
+        let _ = self.limits.send(resources);
+        self.made
+            .await
+            .map_err(internal)?
+            .map_err(|e| Status::failed_precondition(format!("container {id}: {e}")))
     }
 }
 

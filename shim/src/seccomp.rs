@@ -534,6 +534,43 @@ pub struct Program {
     flags: u32,
 }
 
+/// The compiled programs of the profiles seen last, so that containers with the same
+/// profile (nearly all: RuntimeDefault for the default capabilities) share one compile.
+#[derive(Default)]
+pub struct ProgramCache {
+    /// (profile, its program as bytes), the most recently used last.
+    entries: std::sync::Mutex<Vec<(LinuxSeccomp, std::sync::Arc<Vec<u8>>)>>,
+}
+
+/// How many profiles a [`ProgramCache`] keeps.
+const CACHED_PROGRAMS: usize = 16;
+
+impl ProgramCache {
+    /// The program of `profile` as [`Program::to_bytes`], compiled on first use.
+    pub fn bytes(&self, profile: &LinuxSeccomp) -> Result<std::sync::Arc<Vec<u8>>, SeccompError> {
+        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut entries = lock();
+            if let Some(i) = entries.iter().position(|(p, _)| p == profile) {
+                let hit = entries.remove(i);
+                let bytes = hit.1.clone();
+                entries.push(hit);
+                return Ok(bytes);
+            }
+        }
+        let bytes = std::sync::Arc::new(compile(profile)?.to_bytes());
+        let mut entries = lock();
+        if entries.len() >= CACHED_PROGRAMS {
+            entries.remove(0);
+        }
+        entries.push((profile.clone(), bytes.clone()));
+        Ok(bytes)
+    }
+}
+
+/// The start of a program's bytes (see [`Program::to_bytes`]), with the format version.
+const PROGRAM_MAGIC: &[u8; 8] = b"cairnbf1";
+
 impl Program {
     pub fn instructions(&self) -> &[libc::sock_filter] {
         &self.instructions
@@ -542,6 +579,50 @@ impl Program {
     /// SECCOMP_FILTER_FLAG_* bits.
     pub fn flags(&self) -> u32 {
         self.flags
+    }
+
+    /// The program as bytes, for the launcher of another process (cairnd compiles, the
+    /// pod's shim installs): the magic, the flags and the instruction count (u32 LE each),
+    /// then each instruction (code u16 LE, jt, jf, k u32 LE).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 8 * self.instructions.len());
+        out.extend_from_slice(PROGRAM_MAGIC);
+        out.extend_from_slice(&self.flags.to_le_bytes());
+        out.extend_from_slice(&(self.instructions.len() as u32).to_le_bytes());
+        for i in &self.instructions {
+            out.extend_from_slice(&i.code.to_le_bytes());
+            out.extend_from_slice(&[i.jt, i.jf]);
+            out.extend_from_slice(&i.k.to_le_bytes());
+        }
+        out
+    }
+
+    /// A program from [`Program::to_bytes`]; the kernel checks the instructions themselves
+    /// when the filter is installed.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Program, SeccompError> {
+        let bad = |why: &str| error(format!("compiled seccomp program: {why}"));
+        let rest = bytes
+            .strip_prefix(PROGRAM_MAGIC.as_slice())
+            .ok_or_else(|| bad("unknown format"))?;
+        let (head, code) = rest.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
+        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let (flags, count) = (word(&head[..4]), word(&head[4..]) as usize);
+        if count == 0 || count > BPF_MAXINSNS || code.len() != count * 8 {
+            return Err(bad("wrong length"));
+        }
+        let instructions = code
+            .chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_le_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: word(&c[4..]),
+            })
+            .collect();
+        Ok(Program {
+            instructions,
+            flags,
+        })
     }
 }
 
@@ -1121,6 +1202,35 @@ mod tests {
                 other => panic!("unexpected opcode {other:#x}"),
             }
         }
+    }
+
+    #[test]
+    fn programs_cross_as_bytes_and_bad_bytes_are_refused() {
+        let p = compile(&default_profile(&default_caps())).unwrap();
+        let back = Program::from_bytes(&p.to_bytes()).unwrap();
+        assert_eq!(back.flags(), p.flags());
+        let same = |a: &libc::sock_filter, b: &libc::sock_filter| {
+            (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k)
+        };
+        assert_eq!(back.instructions().len(), p.instructions().len());
+        assert!(back
+            .instructions()
+            .iter()
+            .zip(p.instructions())
+            .all(|(a, b)| same(a, b)));
+        let bytes = p.to_bytes();
+        for bad in [
+            &bytes[..bytes.len() - 1],
+            &bytes[..12],
+            &b"cairnbf0"[..],
+            &b""[..],
+        ] {
+            let e = Program::from_bytes(bad).unwrap_err();
+            assert!(e.0.starts_with("compiled seccomp program:"), "{e}");
+        }
+        let mut empty = bytes[..16].to_vec();
+        empty[12..16].copy_from_slice(&0u32.to_le_bytes());
+        assert!(Program::from_bytes(&empty).is_err());
     }
 
     /// What the kernel's checker demands of a classic BPF program: every jump lands inside

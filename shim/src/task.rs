@@ -46,6 +46,11 @@ use cairn_snapshotter::snapshot::OverlayMount;
 /// Annotation on `Update` that reopens the container's log file.
 pub const REOPEN_LOG: &str = "io.cairn.reopen-log";
 
+/// The file in a bundle that holds the compiled program of its config's `linux.seccomp`
+/// ([`crate::seccomp::Program::to_bytes`]), written by cairnd, which compiles each profile
+/// once; without it the built-in launcher compiles the profile itself.
+pub const SECCOMP_PROGRAM: &str = "seccomp.bpf";
+
 /// A process's end, as recorded on disk and reported to cairnd.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Exit {
@@ -278,6 +283,10 @@ impl TaskService {
                 vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
             )
         };
+        // The pipes' copiers start while the process is set up; if the launch fails, its
+        // ends are closed and the copiers stop at end of file, having written nothing.
+        let tee = Arc::new(Tee::default());
+        self.spawn_copiers(&req.id, readers, &log, &tee);
         let (pid, pty_master, pending, rootfs_mount) = match self.launch(
             &req.id,
             &req.bundle,
@@ -301,7 +310,6 @@ impl TaskService {
             Pending::Builtin(created) => created.seccomp.clone(),
             Pending::Oci => None,
         };
-        let mut outputs = readers;
         let mut pty = None;
         if let Some(master) = pty_master {
             let dup = |fd: &OwnedFd| {
@@ -311,7 +319,7 @@ impl TaskService {
             if wants_stdin {
                 stdin_w = Some(dup(&master)?);
             }
-            outputs.push((master, Stream::Stdout));
+            self.spawn_copiers(&req.id, vec![(master, Stream::Stdout)], &log, &tee);
         }
         let once = spec
             .annotations()
@@ -319,12 +327,6 @@ impl TaskService {
             .and_then(|a| a.get(STDIN_ONCE))
             .is_some_and(|v| v == "true");
         let stdin = stdin_w.map(|w| Stdin::new(w, once, req.terminal));
-        let tee = Arc::new(Tee::default());
-        for (fd, stream) in outputs {
-            if let Err(e) = spawn_copier(fd, stream, log.clone(), tee.clone()) {
-                tracing::warn!(container = %req.id, error = %e, "log copier");
-            }
-        }
         self.lock().insert(
             req.id.clone(),
             Container {
@@ -372,6 +374,7 @@ impl TaskService {
                 cgroup_dirs: cgroup.as_ref().map(|c| c.join_dirs()).unwrap_or_default(),
                 stdio,
                 oom_score_adj,
+                seccomp: compiled_seccomp(Path::new(bundle))?,
             };
             let mut created = launch::create(opts).map_err(|e| e.to_string())?;
             let master = created.pty_master.take();
@@ -418,6 +421,22 @@ impl TaskService {
         }
     }
 
+    /// Copies each of a container's outputs to its log and attached clients, on a small
+    /// thread per stream.
+    fn spawn_copiers(
+        &self,
+        id: &str,
+        outputs: Vec<(OwnedFd, Stream)>,
+        log: &Option<Arc<LogFile>>,
+        tee: &Arc<Tee>,
+    ) {
+        for (fd, stream) in outputs {
+            if let Err(e) = spawn_copier(fd, stream, log.clone(), tee.clone()) {
+                tracing::warn!(container = %id, error = %e, "log copier");
+            }
+        }
+    }
+
     fn make_cgroup(
         &self,
         id: &str,
@@ -436,6 +455,10 @@ impl TaskService {
             )
         };
         let cgroup = Cgroup::new(layout, &path.display().to_string()).map_err(fail)?;
+        if cgroup.exists() {
+            // cairnd made it, with the spec's resources.
+            return Ok(Some(cgroup));
+        }
         cgroup.create().map_err(fail)?;
         if let Some(r) = linux.resources() {
             if let Err(e) = cgroup.apply(r) {
@@ -1264,6 +1287,19 @@ fn open_output(path: &str) -> Result<OwnedFd, ttrpc::Error> {
     })
 }
 
+/// The compiled seccomp program cairnd left in the bundle ([`SECCOMP_PROGRAM`]), if any.
+fn compiled_seccomp(bundle: &Path) -> Result<Option<Arc<crate::seccomp::Program>>, String> {
+    let path = bundle.join(SECCOMP_PROGRAM);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let program = crate::seccomp::Program::from_bytes(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(Arc::new(program)))
+}
+
 /// The overlay described by a Task API mount (`lowerdir=a:b`, `upperdir=`, `workdir=`).
 pub fn overlay_from(
     m: &containerd_shim_protos::types::mount::Mount,
@@ -1626,6 +1662,80 @@ mod tests {
             ttrpc::Error::RpcStatus(s) => s,
             other => panic!("not a status: {other:?}"),
         }
+    }
+
+    /// A bundle as cairnd leaves it for the built-in launcher: `spec` in config.json and,
+    /// if given, `program` as the compiled seccomp program.
+    fn bundle(fx: &Fixture, spec: &oci_spec::runtime::Spec, program: Option<&[u8]>) -> String {
+        let bundle = fx.path("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        spec.save(bundle.join("config.json")).unwrap();
+        if let Some(p) = program {
+            std::fs::write(bundle.join(SECCOMP_PROGRAM), p).unwrap();
+        }
+        bundle.display().to_string()
+    }
+
+    /// The program cairnd compiled is the one installed (the spec's profile would allow
+    /// what it denies), and a damaged one fails the create, naming the file.
+    #[test]
+    fn the_compiled_seccomp_program_in_the_bundle_is_installed() {
+        use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+        let fx = Fixture::new();
+        let pod_dir = fx.path("pod");
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let svc = TaskService::new(&pod_dir, tx, None);
+        let allow_all = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .build()
+            .unwrap();
+        let deny_mkdir = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .syscalls(vec![LinuxSyscallBuilder::default()
+                .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(1u32)
+                .build()
+                .unwrap()])
+            .build()
+            .unwrap();
+        let program = crate::seccomp::compile(&deny_mkdir).unwrap().to_bytes();
+        let mut spec = fx.spec(&["sh", "-c", "mkdir /tmp/x 2>/dev/null; echo $?"]);
+        spec.linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_seccomp(Some(allow_all));
+        let out = fx.path("out.log");
+        let create = |bundle: String| CreateTaskRequest {
+            id: "c".into(),
+            bundle,
+            stdout: out.display().to_string(),
+            ..Default::default()
+        };
+        let damaged = bundle(&fx, &spec, Some(&program[..program.len() - 3]));
+        let e = status(svc.do_create(&create(damaged)).unwrap_err());
+        assert!(
+            e.message.contains(SECCOMP_PROGRAM) && e.message.contains("compiled seccomp"),
+            "{}",
+            e.message
+        );
+        svc.do_create(&create(bundle(&fx, &spec, Some(&program))))
+            .unwrap();
+        svc.do_start(&StartRequest {
+            id: "c".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let exit = svc.wait_exit("c", "").unwrap();
+        assert_eq!(exit.code, 0);
+        let log = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            log.trim_end().ends_with(" stdout F 1"),
+            "mkdir got EPERM: {log}"
+        );
+        assert!(!fx.root.join("tmp/x").exists());
+        svc.do_shutdown();
     }
 
     #[test]

@@ -175,8 +175,20 @@ impl Snapshotter {
     /// transaction with the number). On failure nothing is recorded and `tmp` stays
     /// where it was, or is gone if it was renamed already.
     fn place(&self, new: NewSnapshot, tmp: &Path, rec: &SnapshotRecord) -> Result<()> {
+        self.place_then(new, tmp, rec, || {})
+    }
+
+    /// [`place`](Self::place), calling `renamed` between the rename and the commit.
+    fn place_then(
+        &self,
+        new: NewSnapshot,
+        tmp: &Path,
+        rec: &SnapshotRecord,
+        renamed: impl FnOnce(),
+    ) -> Result<()> {
         let dest = self.snapshot_dir(rec);
         std::fs::rename(tmp, &dest).map_err(|e| Error::io("renaming snapshot to", &dest, e))?;
+        renamed();
         if let Err(e) = new.commit(rec) {
             let _ = remove_tree(&dest);
             return Err(e);
@@ -186,6 +198,22 @@ impl Snapshotter {
 
     /// Creates a writable snapshot `key` over the committed chain ending at `parent`.
     pub fn prepare(&self, key: &str, parent: Option<&str>) -> Result<OverlayMount> {
+        let mut mounts = None;
+        self.prepare_then(key, parent, |m| mounts = Some(m.clone()))?;
+        mounts.ok_or_else(|| Error::Internal(format!("snapshot {key}: no mounts")))
+    }
+
+    /// [`prepare`](Self::prepare) that hands the snapshot's overlay to `placed` as soon as
+    /// its dirs are in place under their number, before the record's durable commit, so
+    /// that the caller can start using it while the disk syncs. A crash before the commit
+    /// leaves an unrecorded dir, which the next open removes; on an error returned after
+    /// `placed` ran, the dirs are gone again.
+    pub fn prepare_then(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        placed: impl FnOnce(&OverlayMount),
+    ) -> Result<()> {
         if self.get(key)?.is_some() {
             return Err(Error::AlreadyExists(format!(
                 "snapshot {key} already exists"
@@ -204,7 +232,12 @@ impl Snapshotter {
             let d = tmp.join(sub);
             std::fs::create_dir(&d).map_err(|e| Error::io("creating", &d, e))?;
         }
-        let placed = self.store.new_snapshot(key).and_then(|new| {
+        let lowers = match parent {
+            Some(p) => self.lowers(p),
+            None => Ok(Vec::new()),
+        };
+        let recorded = lowers.and_then(|lowers| {
+            let new = self.store.new_snapshot(key)?;
             let rec = SnapshotRecord {
                 key: key.to_string(),
                 id: new.id(),
@@ -214,13 +247,19 @@ impl Snapshotter {
                 inodes: 0,
                 created_ns: now_ns(),
             };
-            self.place(new, &tmp, &rec)
+            let dir = self.snapshot_dir(&rec);
+            self.place_then(new, &tmp, &rec, || {
+                placed(&OverlayMount {
+                    lowers,
+                    upper: Some((dir.join("fs"), dir.join("work"))),
+                })
+            })
         });
-        if let Err(e) = placed {
+        if let Err(e) = recorded {
             let _ = remove_tree(&tmp);
             return Err(e);
         }
-        self.mounts(key)
+        Ok(())
     }
 
     /// The overlay a snapshot is mounted as.
@@ -470,6 +509,34 @@ mod tests {
         s.remove("c2").unwrap();
         s.remove("c1").unwrap();
         assert!(s.list().unwrap().is_empty());
+    }
+
+    /// The overlay reaches the caller with its dirs in place and before the record is
+    /// committed; a missing parent fails before anything is handed out or left behind.
+    #[test]
+    fn prepare_then_hands_out_the_dirs_before_the_commit() {
+        let (_dir, s) = open();
+        let t = s.temp().unwrap();
+        s.commit(t, "base", None).unwrap();
+        let mut seen = None;
+        s.prepare_then("ctr", Some("base"), |m| {
+            let (upper, work) = m.upper.clone().unwrap();
+            assert!(upper.is_dir() && work.is_dir());
+            assert!(
+                s.get("ctr").unwrap().is_none(),
+                "recorded before the commit"
+            );
+            seen = Some(m.clone());
+        })
+        .unwrap();
+        let seen = seen.unwrap();
+        let m = s.mounts("ctr").unwrap();
+        assert_eq!((seen.lowers, seen.upper), (m.lowers, m.upper));
+        let before: Vec<_> = std::fs::read_dir(s.dir()).unwrap().collect();
+        let missing = s.prepare_then("ctr2", Some("nope"), |_| panic!("handed out"));
+        assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+        let after: Vec<_> = std::fs::read_dir(s.dir()).unwrap().collect();
+        assert_eq!(before.len(), after.len(), "a dir was left behind");
     }
 
     #[test]

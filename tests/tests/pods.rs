@@ -421,6 +421,19 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     });
     let err = node.create(&mut rt, &pod, c).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // A limit the kernel refuses when cairnd writes it into the new cgroup: the cgroup,
+    // the writable layer (recorded meanwhile) and the bundle go again (assert_clean).
+    let mut c = node.container_config("nocpu", &["true"]);
+    c.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpuset_cpus: "4095".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = node.create(&mut rt, &pod, c).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("cpuset.cpus"), "{}", err.message());
 
     // A container in a stopped pod.
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {

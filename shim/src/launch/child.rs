@@ -442,7 +442,7 @@ fn setup_container(
         let tree = premounted
             .and_then(|p| p.binds.get(i))
             .and_then(Option::as_ref);
-        mount_one(&root, m, tree)?;
+        mount_one(&root, m, tree, rootfs.propagation == libc::MS_PRIVATE)?;
     }
     make_devices(&root, &plan.devices)?;
     if plan.manage_dev {
@@ -627,8 +627,14 @@ fn remount_readonly(path: &CStr) -> io::Result<()> {
 }
 
 /// Mounts `m` below `root`; a bind mount attaches `tree` (a detached copy of its source)
-/// when given.
-fn mount_one(root: &OwnedFd, m: &MountPlan, tree: Option<&OwnedFd>) -> Result<(), Fail> {
+/// when given. `tree_private`: every mount of the namespace was made private, so a new
+/// mount is private already and asking for (r)private changes nothing.
+fn mount_one(
+    root: &OwnedFd,
+    m: &MountPlan,
+    tree: Option<&OwnedFd>,
+    tree_private: bool,
+) -> Result<(), Fail> {
     let point = ensure_path(root, &m.dest.full, m.as_file)
         .ctx(|| format!("creating the mount point of the {}", m.describe))?;
     let target = FdPath::new(point.as_raw_fd());
@@ -663,7 +669,15 @@ fn mount_one(root: &OwnedFd, m: &MountPlan, tree: Option<&OwnedFd>) -> Result<()
         .ctx(|| m.describe.clone())?,
     }
     let fs_readonly = matches!(m.kind, MountKind::Fs { .. }) && m.flags & libc::MS_RDONLY != 0;
-    if bind_flags == 0 && !fs_readonly && !m.recursive_ro && m.propagation.is_empty() {
+    let propagation: &[c_ulong] = match tree_private
+        && m.propagation
+            .iter()
+            .all(|&p| p & !libc::MS_REC == libc::MS_PRIVATE)
+    {
+        true => &[],
+        false => &m.propagation,
+    };
+    if bind_flags == 0 && !fs_readonly && !m.recursive_ro && propagation.is_empty() {
         return Ok(());
     }
     // The mount just made, reached afresh (the old descriptor is the directory below it).
@@ -686,7 +700,7 @@ fn mount_one(root: &OwnedFd, m: &MountPlan, tree: Option<&OwnedFd>) -> Result<()
         }
         .ctx(|| format!("making the {} read-only", m.describe))?;
     }
-    for &p in &m.propagation {
+    for &p in propagation {
         sys::mount(None, top, None, p, None)
             .ctx(|| format!("setting the propagation of the {}", m.describe))?;
     }

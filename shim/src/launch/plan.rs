@@ -334,6 +334,7 @@ pub(super) fn container<'a>(
     overlay: Option<&'a OverlayMount>,
     cgroup_dirs: &[PathBuf],
     oom_score_adj: Option<i32>,
+    compiled_seccomp: Option<Arc<crate::seccomp::Program>>,
 ) -> Result<ContainerPlan<'a>, LaunchError> {
     let process = spec
         .process()
@@ -359,6 +360,10 @@ pub(super) fn container<'a>(
     let cgroups = cgroup_plan(cgroup_dirs)?;
     apply_device_rules(&cgroups, linux)?;
     let rootfs = rootfs_plan(spec, linux, overlay)?;
+    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(_) if compiled_seccomp.is_some() => compiled_seccomp,
+        profile => compile_seccomp(profile)?,
+    };
     let userns = match userns {
         Some(join) => Some(userns_plan(join, linux, &rootfs)?),
         None => None,
@@ -384,10 +389,7 @@ pub(super) fn container<'a>(
         sysctls: sysctl_plan(linux)?,
         hostname: name_if_new(spec.hostname(), "hostname")?,
         domainname: name_if_new(spec.domainname(), "domainname")?,
-        process: process_plan(
-            process,
-            compile_seccomp(linux.and_then(|l| l.seccomp().as_ref()))?,
-        )?,
+        process: process_plan(process, seccomp)?,
     })
 }
 

@@ -286,6 +286,7 @@ fn run_with(spec: &Spec, overlay: Option<&OverlayMount>, cgroup_dirs: Vec<PathBu
         cgroup_dirs,
         stdio,
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let pid = created.pid;
@@ -460,6 +461,7 @@ fn missing_cwd_fails_create() {
             stderr: dev_null(),
         },
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap_err();
     let msg = err.to_string();
@@ -581,6 +583,7 @@ fn missing_command_fails_at_start() {
             stderr: dev_null(),
         },
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let pid = created.pid;
@@ -602,6 +605,7 @@ fn missing_command_fails_at_start() {
             stderr: dev_null(),
         },
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let pid = created.pid;
@@ -622,6 +626,7 @@ fn create_err(spec: &Spec) -> LaunchError {
             stderr: dev_null(),
         },
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap_err()
 }
@@ -674,6 +679,7 @@ fn dropped_without_start_exits() {
         cgroup_dirs: Vec::new(),
         stdio,
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let pid = created.pid;
@@ -951,6 +957,7 @@ fn exec_joins_a_containers_user_and_pid_namespaces() {
             stderr: dev_null(),
         },
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let pid = created.pid;
@@ -1045,6 +1052,7 @@ fn joins_v1_and_cgroup2_cgroups() {
             stderr: dev_null(),
         },
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let pid = created.pid;
@@ -1103,6 +1111,7 @@ fn terminal() {
         cgroup_dirs: Vec::new(),
         stdio: Stdio::Terminal,
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let master = File::from(created.pty_master.take().unwrap());
@@ -1139,6 +1148,7 @@ fn exec_joins_running_container() {
             stderr: dev_null(),
         },
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let pid = created.pid;
@@ -1205,6 +1215,7 @@ fn exec_now_runs_without_a_start_and_keeps_the_status_of_a_fast_exit() {
             stderr: dev_null(),
         },
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let pid = created.pid;
@@ -1320,6 +1331,7 @@ fn create_start_timing() {
                     stderr: dev_null(),
                 },
                 oom_score_adj: None,
+                seccomp: None,
             })
             .unwrap();
             let t1 = Instant::now();
@@ -1406,6 +1418,7 @@ fn exec_gets_the_containers_filter() {
             stderr: dev_null(),
         },
         oom_score_adj: None,
+        seccomp: None,
     })
     .unwrap();
     let pid = created.pid;
