@@ -14,6 +14,7 @@ pub mod launch;
 pub mod podns;
 pub mod runtime;
 pub mod seccomp;
+pub mod serve;
 pub mod spec;
 pub mod stdio;
 pub mod task;

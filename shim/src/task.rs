@@ -158,7 +158,54 @@ struct Inner {
     /// the oldest go first). Locked after `containers`.
     early_cancels: Mutex<VecDeque<(String, String)>>,
     exited: Condvar,
+    /// Wait calls to answer when their process exits (see [`TaskService::wait_then`]).
+    /// Locked after `containers`.
+    waiters: Mutex<Vec<Waiter>>,
     shutdown: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+/// What [`TaskService::wait_then`] calls with the outcome of a Wait.
+pub type WaitDone = Box<dyn FnOnce(Result<Exit, ttrpc::Error>) + Send>;
+
+/// A Wait call waiting for its process's exit.
+struct Waiter {
+    id: String,
+    exec_id: String,
+    done: WaitDone,
+}
+
+/// The answer to a Wait for `exec_id` of `id` (empty: the container's init) if there is
+/// one now: its exit, or why there will be none.
+fn wait_outcome(
+    containers: &HashMap<String, Container>,
+    id: &str,
+    exec_id: &str,
+) -> Option<Result<Exit, ttrpc::Error>> {
+    let Some(c) = containers.get(id) else {
+        return Some(Err(not_found(id)));
+    };
+    let exit = match exec_id {
+        "" => c.init.exit,
+        e => match c.execs.get(e) {
+            Some(x) => x.proc.exit,
+            None => {
+                return Some(Err(err(
+                    ttrpc::Code::NOT_FOUND,
+                    format!("exec {e} of container {id} not found"),
+                )))
+            }
+        },
+    };
+    if let Some(exit) = exit {
+        return Some(Ok(exit));
+    }
+    if exec_id.is_empty() && c.init.pid == 0 {
+        return Some(Err(err(
+            ttrpc::Code::FAILED_PRECONDITION,
+            format!("container {id} has no process"),
+        )));
+    }
+    None
 }
 
 /// How many cancels of exec syncs the shim has not seen yet it remembers: the call and its
@@ -182,7 +229,7 @@ fn not_found(id: &str) -> ttrpc::Error {
     )
 }
 
-fn timestamp(ns: i64) -> MessageField<Timestamp> {
+pub(crate) fn timestamp(ns: i64) -> MessageField<Timestamp> {
     MessageField::some(Timestamp {
         seconds: ns.div_euclid(1_000_000_000),
         nanos: ns.rem_euclid(1_000_000_000) as i32,
@@ -215,6 +262,7 @@ impl TaskService {
                 containers: Mutex::new(HashMap::new()),
                 early_cancels: Mutex::new(VecDeque::new()),
                 exited: Condvar::new(),
+                waiters: Mutex::new(Vec::new()),
                 shutdown: Mutex::new(Some(shutdown)),
             }),
         }
@@ -516,7 +564,7 @@ impl TaskService {
             if let Some(c) = self.lock().get_mut(id) {
                 c.init.exit = Some(exit);
             }
-            self.inner.exited.notify_all();
+            self.notify_exits();
             return;
         };
         if let Some(x) = c.execs.get_mut(exec_id) {
@@ -527,7 +575,7 @@ impl TaskService {
             });
         }
         drop(containers);
-        self.inner.exited.notify_all();
+        self.notify_exits();
     }
 
     fn do_start(&self, req: &StartRequest) -> Result<u32, ttrpc::Error> {
@@ -901,36 +949,56 @@ impl TaskService {
     fn wait_exit(&self, id: &str, exec_id: &str) -> Result<Exit, ttrpc::Error> {
         let mut containers = self.lock();
         loop {
-            let c = containers.get(id).ok_or_else(|| not_found(id))?;
-            let exit = match exec_id {
-                "" => c.init.exit,
-                e => {
-                    c.execs
-                        .get(e)
-                        .ok_or_else(|| {
-                            err(
-                                ttrpc::Code::NOT_FOUND,
-                                format!("exec {e} of container {id} not found"),
-                            )
-                        })?
-                        .proc
-                        .exit
-                }
-            };
-            if let Some(exit) = exit {
-                return Ok(exit);
-            }
-            if exec_id.is_empty() && c.init.pid == 0 {
-                return Err(err(
-                    ttrpc::Code::FAILED_PRECONDITION,
-                    format!("container {id} has no process"),
-                ));
+            if let Some(outcome) = wait_outcome(&containers, id, exec_id) {
+                return outcome;
             }
             containers = self
                 .inner
                 .exited
                 .wait(containers)
                 .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The Task API's Wait without a thread waiting: `done` gets what [`Task::wait`]
+    /// would return, at once or when the process exits (called on the thread that records
+    /// the exit, with no lock held).
+    pub fn wait_then(&self, id: &str, exec_id: &str, done: WaitDone) {
+        let containers = self.lock();
+        if let Some(outcome) = wait_outcome(&containers, id, exec_id) {
+            drop(containers);
+            return done(outcome);
+        }
+        // Registered under the containers lock: no exit can slip in between.
+        self.inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Waiter {
+                id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                done,
+            });
+    }
+
+    /// Wakes whoever waits for an exit: Wait calls blocked on the condition variable and
+    /// those registered by [`wait_then`](Self::wait_then) that have an answer now.
+    fn notify_exits(&self) {
+        self.inner.exited.notify_all();
+        let answered: Vec<(WaitDone, Result<Exit, ttrpc::Error>)> = {
+            let containers = self.lock();
+            let mut waiters = self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut answered = Vec::new();
+            for w in std::mem::take(&mut *waiters) {
+                match wait_outcome(&containers, &w.id, &w.exec_id) {
+                    Some(outcome) => answered.push((w.done, outcome)),
+                    None => waiters.push(w),
+                }
+            }
+            answered
+        };
+        for (done, outcome) in answered {
+            done(outcome);
         }
     }
 
@@ -984,6 +1052,9 @@ impl TaskService {
                 .execs
                 .remove(&req.exec_id)
                 .ok_or_else(|| not_found(&req.exec_id))?;
+            drop(containers);
+            // A Wait on it ends (NOT_FOUND).
+            self.notify_exits();
             let exit = x.proc.exit.unwrap_or(Exit {
                 code: 255,
                 exited_ns: now_ns(),
@@ -1009,6 +1080,7 @@ impl TaskService {
             .remove(&req.id)
             .ok_or_else(|| not_found(&req.id))?;
         drop(containers);
+        self.notify_exits();
         // A created-but-never-started process exits when its start handle is dropped;
         // the OCI runtime removes its state (killing what is left).
         drop(c.init.created);
@@ -1157,7 +1229,7 @@ impl Drop for ExecSlot {
             c.execs.remove(&self.exec_id);
         }
         // A Task API Wait on it ends (NOT_FOUND) instead of waiting for another exit.
-        self.svc.inner.exited.notify_all();
+        self.svc.notify_exits();
     }
 }
 

@@ -8,14 +8,15 @@
 //! It prints `ready <pid>` on stdout once it serves, then closes stdout.
 
 use std::io::Write;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use cairn_shim::launch::oci::OciRuntime;
 use cairn_shim::podns::{self, PodNamespaces};
+use cairn_shim::serve::Server;
 use cairn_shim::task::TaskService;
 use containerd_shim_protos::shim::shim_ttrpc::create_task;
-use containerd_shim_protos::ttrpc::Server;
 
 struct Args {
     pod_id: String,
@@ -120,27 +121,28 @@ fn run() -> Result<(), String> {
         root: args.dir.join("oci"),
     });
     let service = TaskService::new(&args.dir, stop_tx, oci);
-    // cairnd keeps one connection per pod: two idle handler threads (ttrpc's default is
-    // three), more only while calls such as Wait block.
-    let mut server = Server::new()
-        .set_thread_count_min(1)
-        .set_thread_count_default(2)
-        .set_thread_count_max(3)
-        .bind(&format!("unix://{}", socket.display()))
-        .map_err(|e| format!("binding {}: {e}", socket.display()))?
-        .register_service(cairn_shim::execsync::service(service.clone()))
-        .register_service(create_task(Arc::new(service)));
-    server.start().map_err(|e| format!("serving: {e}"))?;
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+    let server = Server::new(
+        service.clone(),
+        vec![
+            cairn_shim::execsync::service(service.clone()),
+            create_task(Arc::new(service)),
+        ],
+    );
     tracing::info!(pod = %args.pod_id, pid = std::process::id(), "shim serving");
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready {}", std::process::id());
     let _ = out.flush();
     // SAFETY: closing our own stdout so the reader sees EOF.
     unsafe { libc::close(1) };
-    let _ = stop_rx.recv();
-    // Let the Shutdown reply reach cairnd before the socket goes away.
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    server.shutdown();
+    // Until Shutdown, whose answer is written by then.
+    server.run(&listener, || {
+        !matches!(
+            stop_rx.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Empty)
+        )
+    });
     if let Some(pid) = namespaces.pid_holder {
         // SAFETY: the pod's pid namespace holder is our child; kill and reap it.
         unsafe {
