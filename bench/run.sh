@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs cairn-bench: cairn against a private containerd (runc and crun) on this machine.
-# Needs root. Installs the Debian packages it needs if missing, builds release binaries,
-# and passes its other arguments to cairn-bench (e.g. --smoke, --reps 20, --out table.md).
+# Needs root. Installs the Debian packages it needs if missing, builds release binaries
+# (cairn-shim with the shim-release profile, as a release ships it), and passes its other
+# arguments to cairn-bench (e.g. --smoke, --reps 20, --out table.md).
 #
 # --debug-build (or CAIRN_BENCH_DEBUG_BUILD=1) uses the debug binaries instead and skips
 # the release build: it runs `cargo build --workspace --bins`, a no-op right after CI's own
@@ -49,6 +50,9 @@ target_dir=${target_dir:-$PWD/target}
 
 if [ "$profile" = release ]; then
     cargo build --release -p cairn-shim --bins -p cairn-bench
+    # The shim of a release: size-optimised with LTO (Cargo.toml, profile shim-release).
+    cargo build --profile shim-release -p cairn-shim --bin cairn-shim
+    cp "$target_dir/shim-release/cairn-shim" "$target_dir/release/cairn-shim"
 else
     cargo build --workspace --bins
 fi

@@ -360,6 +360,8 @@ async fn run_all(
 /// One repetition of the timed container and pod rows.
 async fn one_rep(t: &mut Target, rep: usize, res: &mut Results) -> Result<()> {
     let name = t.name.clone();
+    let took = t.version().await?;
+    res.add("Version (a CRI round trip)", "ms", &name, took);
     let pod_name = format!("host-{rep}");
     let (pod, took) = t.run_pod(&pod_name, true).await?;
     res.add("RunPodSandbox (host network)", "ms", &name, took);

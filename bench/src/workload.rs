@@ -142,6 +142,13 @@ impl Target {
         Ok((id, ms(t)))
     }
 
+    /// `Version`: one CRI round trip that does no work, the floor under every other row.
+    pub async fn version(&mut self) -> Result<f64> {
+        let t = Instant::now();
+        call("Version", self.rt.version(cri::VersionRequest::default())).await?;
+        Ok(ms(t))
+    }
+
     pub async fn exec_true(&mut self, ctr: &str) -> Result<f64> {
         let req = cri::ExecSyncRequest {
             container_id: ctr.into(),
