@@ -895,12 +895,14 @@ impl Runtime {
         // runtime makes its own).
         let builtin = self.oci_runtime(&pod.runtime_handler)?.is_none();
         let cgroup = builtin.then(|| self.make_cgroup(&rec.id, &rec.cgroup_path));
+        // So is the writable layer; the spec needs only the image's layers.
         let parent = image.record.top_chain_id().map(str::to_string);
-        let layer = self.prepare_layer(&rec.id, parent).await;
-        let oci = match &layer {
-            Ok((overlay, _)) => self.container_spec(pod, rec, image, &bundle, overlay),
-            Err(e) => Err(e.clone()),
+        let lowers = match &parent {
+            Some(p) => self.images.snapshotter().lowers(p).map_err(store_err),
+            None => Ok(Vec::new()),
         };
+        let mut layer = self.make_layer(&rec.id, parent);
+        let oci = lowers.and_then(|l| self.container_spec(pod, rec, image, &bundle, &l));
         let written = oci
             .as_ref()
             .map_err(Clone::clone)
@@ -910,7 +912,8 @@ impl Runtime {
             Some(c) => c.finish(oci.as_ref().ok(), &rec.id).await,
             None => Ok(()),
         };
-        let (overlay, layer_recorded) = layer?;
+        // On an error the layer's task is over (nothing was recorded).
+        let overlay = layer.placed(&rec.id).await?;
         let launched = match (oci, written, cgroup) {
             (Ok(oci), Ok(()), Ok(())) => {
                 self.remember_process(&rec.id, &oci);
@@ -920,7 +923,7 @@ impl Runtime {
         };
         // Its disk sync overlapped the rest. Awaited in any case: a container discarded
         // before its layer is recorded would leave the record behind.
-        let recorded = layer_recorded.await.map_err(internal).and_then(|r| {
+        let recorded = layer.recorded.await.map_err(internal).and_then(|r| {
             r.map_err(|e| {
                 internal(format!(
                     "container {}: recording its writable layer: {e}",
@@ -940,14 +943,14 @@ impl Runtime {
         rec: &mut ContainerRecord,
         image: &cairn_snapshotter::image::Image,
         bundle: &Path,
-        overlay: &cairn_snapshotter::snapshot::OverlayMount,
+        lowers: &[PathBuf],
     ) -> Result<oci_spec::runtime::Spec, Status> {
         let pod_ctx = pod_context(pod);
         let cctx = ContainerContext {
             id: &rec.id,
             config: &rec.config,
             image: &image.config,
-            rootfs_layers: &overlay.lowers,
+            rootfs_layers: lowers,
             rootfs: bundle.join("rootfs"),
             cgroup_path: rec.cgroup_path.clone(),
         };
@@ -1019,56 +1022,48 @@ impl Runtime {
         Ok(resp.pid)
     }
 
-    /// The container's writable layer: its overlay as soon as its dirs are in place, and
-    /// the commit of its record, which goes on in the background (see
-    /// `Snapshotter::prepare_then`).
-    async fn prepare_layer(
-        &self,
-        id: &str,
-        parent: Option<String>,
-    ) -> Result<
-        (
-            cairn_snapshotter::snapshot::OverlayMount,
-            tokio::task::JoinHandle<Result<(), cairn_snapshotter::Error>>,
-        ),
-        Status,
-    > {
+    /// Starts making the container's writable layer on a blocking thread; see
+    /// [`LayerMaking`].
+    fn make_layer(&self, id: &str, parent: Option<String>) -> LayerMaking {
         let snapshots = self.images.snapshotter().clone();
         let key = id.to_string();
-        let (placed_tx, placed_rx) = tokio::sync::oneshot::channel();
+        let (placed_tx, placed) = tokio::sync::oneshot::channel();
         let recorded = tokio::task::spawn_blocking(move || {
             snapshots.prepare_then(&key, parent.as_deref(), |m| {
                 let _ = placed_tx.send(m.clone());
             })
         });
-        match placed_rx.await {
-            Ok(overlay) => Ok((overlay, recorded)),
-            // It failed before its dirs were placed: the task says why.
-            Err(_) => Err(match recorded.await {
-                Ok(Err(e)) => store_err(e),
-                Ok(Ok(())) => internal(format!("container {id}: no writable layer")),
-                Err(e) => internal(e),
-            }),
-        }
+        LayerMaking { placed, recorded }
     }
 
     /// Starts making the container's cgroup on a blocking thread; see [`CgroupMaking`].
     fn make_cgroup(&self, id: &str, path: &str) -> CgroupMaking {
+        // The limits and device rules come with the spec (see CgroupMaking::finish).
         let layout = self.layout.clone();
         let path = path.to_string();
         let id = id.to_string();
-        let (limits, limits_rx) = tokio::sync::oneshot::channel();
+        let (limits, limits_rx) =
+            tokio::sync::oneshot::channel::<Option<oci_spec::runtime::Linux>>();
         let made = tokio::task::spawn_blocking(move || {
             let Some(layout) = layout else {
                 return Ok(());
             };
-            let cgroup = Cgroup::new(&layout, &path)?;
-            cgroup.create()?;
-            // Nothing when the spec has no limits, or could not be built (the caller then
-            // discards the container, and with it the cgroup).
-            let resources: Option<oci_spec::runtime::LinuxResources> =
-                limits_rx.blocking_recv().ok().flatten();
-            let applied = resources.as_ref().map_or(Ok(()), |r| cgroup.apply(r));
+            let cgroup = Cgroup::new(&layout, &path).map_err(|e| e.to_string())?;
+            cgroup.create().map_err(|e| e.to_string())?;
+            // Nothing when the spec could not be built (the caller then discards the
+            // container, and with it the cgroup).
+            let Ok(Some(linux)) = limits_rx.blocking_recv() else {
+                return Ok(());
+            };
+            let applied = linux
+                .resources()
+                .as_ref()
+                .map_or(Ok(()), |r| cgroup.apply(r))
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    crate::launch::install_device_rules(&cgroup.join_dirs(), Some(&linux))
+                        .map_err(|e| e.to_string())
+                });
             if let Err(e) = applied {
                 if let Err(d) = cgroup.delete() {
                     tracing::warn!(container = %id, error = %d, "removing a cgroup whose limits failed");
@@ -1643,19 +1638,46 @@ impl Runtime {
     }
 }
 
+/// A container's writable layer being made on a blocking thread: its overlay once its dirs
+/// are in place ([`LayerMaking::placed`]), then the durable commit of its record, which
+/// overlaps the launch (see `Snapshotter::prepare_then`). `recorded` must be awaited on
+/// every path: a container discarded before its layer is recorded would leave the record.
+struct LayerMaking {
+    placed: tokio::sync::oneshot::Receiver<cairn_snapshotter::snapshot::OverlayMount>,
+    recorded: tokio::task::JoinHandle<Result<(), cairn_snapshotter::Error>>,
+}
+
+impl LayerMaking {
+    /// The layer's overlay, or why it could not be made (then `recorded` has been awaited
+    /// already, and nothing was recorded).
+    async fn placed(
+        &mut self,
+        id: &str,
+    ) -> Result<cairn_snapshotter::snapshot::OverlayMount, Status> {
+        if let Ok(overlay) = (&mut self.placed).await {
+            return Ok(overlay);
+        }
+        // It failed before its dirs were placed: the task says why.
+        match (&mut self.recorded).await {
+            Ok(Err(e)) => Err(store_err(e)),
+            Ok(Ok(())) => Err(internal(format!("container {id}: no writable layer"))),
+            Err(e) => Err(internal(e)),
+        }
+    }
+}
+
 /// A container's cgroup being made on a blocking thread: its dirs at once, then the limits
 /// of its spec, once that is built ([`CgroupMaking::finish`]).
 struct CgroupMaking {
-    limits: tokio::sync::oneshot::Sender<Option<oci_spec::runtime::LinuxResources>>,
-    made: tokio::task::JoinHandle<Result<(), crate::cgroup::CgroupError>>,
+    limits: tokio::sync::oneshot::Sender<Option<oci_spec::runtime::Linux>>,
+    made: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 impl CgroupMaking {
     /// Hands over the limits of `oci` (None: the spec could not be built) and waits until
     /// the cgroup is made.
     async fn finish(self, oci: Option<&oci_spec::runtime::Spec>, id: &str) -> Result<(), Status> {
-        let resources = oci.and_then(|o| o.linux().as_ref().and_then(|l| l.resources().clone()));
-        let _ = self.limits.send(resources);
+        let _ = self.limits.send(oci.and_then(|o| o.linux().clone()));
         self.made
             .await
             .map_err(internal)?

@@ -293,7 +293,7 @@ impl TaskService {
             Some(m) => Some(overlay_from(m).map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e))?),
             None => None,
         };
-        let cgroup = self.make_cgroup(&req.id, &spec)?;
+        let (cgroup, made_by_cairnd) = self.make_cgroup(&req.id, &spec)?;
         let oom_before = cgroup
             .as_ref()
             .and_then(|c| c.oom_kills().ok())
@@ -341,6 +341,7 @@ impl TaskService {
             &spec,
             overlay.as_ref(),
             &cgroup,
+            made_by_cairnd,
             stdio,
         ) {
             Ok(l) => l,
@@ -404,6 +405,7 @@ impl TaskService {
     /// Creates the container process with the built-in launcher or the pod's OCI
     /// runtime: (pid, terminal master, start handle, rootfs the shim mounted).
     #[allow(clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
         id: &str,
@@ -411,6 +413,7 @@ impl TaskService {
         spec: &oci_spec::runtime::Spec,
         overlay: Option<&OverlayMount>,
         cgroup: &Option<Cgroup>,
+        device_rules_installed: bool,
         stdio: Stdio,
     ) -> Result<(i32, Option<OwnedFd>, Pending, Option<PathBuf>), String> {
         let wanted_adj = spec.process().as_ref().and_then(|p| p.oom_score_adj());
@@ -423,6 +426,7 @@ impl TaskService {
                 stdio,
                 oom_score_adj,
                 seccomp: compiled_seccomp(Path::new(bundle))?,
+                device_rules_installed,
             };
             let mut created = launch::create(opts).map_err(|e| e.to_string())?;
             let master = created.pty_master.take();
@@ -485,16 +489,18 @@ impl TaskService {
         }
     }
 
+    /// The container's cgroup: made by cairnd already (with the spec's limits and device
+    /// rules: the flag says so), or made here with its limits.
     fn make_cgroup(
         &self,
         id: &str,
         spec: &oci_spec::runtime::Spec,
-    ) -> Result<Option<Cgroup>, ttrpc::Error> {
+    ) -> Result<(Option<Cgroup>, bool), ttrpc::Error> {
         let (Some(layout), Some(linux)) = (&self.inner.layout, spec.linux()) else {
-            return Ok(None);
+            return Ok((None, false));
         };
         let Some(path) = linux.cgroups_path() else {
-            return Ok(None);
+            return Ok((None, false));
         };
         let fail = |e: crate::cgroup::CgroupError| {
             err(
@@ -504,8 +510,7 @@ impl TaskService {
         };
         let cgroup = Cgroup::new(layout, &path.display().to_string()).map_err(fail)?;
         if cgroup.exists() {
-            // cairnd made it, with the spec's resources.
-            return Ok(Some(cgroup));
+            return Ok((Some(cgroup), true));
         }
         cgroup.create().map_err(fail)?;
         if let Some(r) = linux.resources() {
@@ -514,7 +519,7 @@ impl TaskService {
                 return Err(fail(e));
             }
         }
-        Ok(Some(cgroup))
+        Ok((Some(cgroup), false))
     }
 
     /// Waits for `pid` on a small thread of its own and records its exit.

@@ -335,6 +335,7 @@ pub(super) fn container<'a>(
     cgroup_dirs: &[PathBuf],
     oom_score_adj: Option<i32>,
     compiled_seccomp: Option<Arc<crate::seccomp::Program>>,
+    device_rules_installed: bool,
 ) -> Result<ContainerPlan<'a>, LaunchError> {
     let process = spec
         .process()
@@ -358,7 +359,10 @@ pub(super) fn container<'a>(
         _ => Ok(None),
     };
     let cgroups = cgroup_plan(cgroup_dirs)?;
-    apply_device_rules(&cgroups, linux)?;
+    if !device_rules_installed {
+        let dirs: Vec<&Path> = cgroups.iter().map(CgroupJoin::dir).collect();
+        apply_device_rules(&dirs, linux)?;
+    }
     let rootfs = rootfs_plan(spec, linux, overlay)?;
     let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
         Some(_) if compiled_seccomp.is_some() => compiled_seccomp,
@@ -632,7 +636,7 @@ fn cgroup_join(dir: &Path) -> Result<CgroupJoin, LaunchError> {
 /// everything, "a"). Without a v1 `devices` hierarchy (pure v2), they are compiled to a
 /// device program attached to the container's cgroup2 dir (see [`crate::devfilter`]);
 /// rules that allow everything attach nothing.
-fn apply_device_rules(cgroups: &[CgroupJoin], linux: Option<&Linux>) -> Result<(), LaunchError> {
+pub(super) fn apply_device_rules(dirs: &[&Path], linux: Option<&Linux>) -> Result<(), LaunchError> {
     let Some(rules) = linux
         .and_then(|l| l.resources().as_ref())
         .and_then(|r| r.devices().as_deref())
@@ -640,7 +644,6 @@ fn apply_device_rules(cgroups: &[CgroupJoin], linux: Option<&Linux>) -> Result<(
     else {
         return Ok(());
     };
-    let dirs: Vec<&Path> = cgroups.iter().map(CgroupJoin::dir).collect();
     if let Some(dir) = dirs.iter().find(|d| d.join("devices.allow").exists()) {
         // The v1 `devices` controller enforces the rules; a program on the hybrid
         // layout's controller-less cgroup2 dir would only check them a second time (and

@@ -287,6 +287,7 @@ fn run_with(spec: &Spec, overlay: Option<&OverlayMount>, cgroup_dirs: Vec<PathBu
         stdio,
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let pid = created.pid;
@@ -462,6 +463,7 @@ fn missing_cwd_fails_create() {
         },
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap_err();
     let msg = err.to_string();
@@ -584,6 +586,7 @@ fn missing_command_fails_at_start() {
         },
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let pid = created.pid;
@@ -606,6 +609,7 @@ fn missing_command_fails_at_start() {
         },
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let pid = created.pid;
@@ -627,6 +631,7 @@ fn create_err(spec: &Spec) -> LaunchError {
         },
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap_err()
 }
@@ -680,6 +685,7 @@ fn dropped_without_start_exits() {
         stdio,
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let pid = created.pid;
@@ -958,6 +964,7 @@ fn exec_joins_a_containers_user_and_pid_namespaces() {
         },
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let pid = created.pid;
@@ -1053,6 +1060,7 @@ fn joins_v1_and_cgroup2_cgroups() {
         },
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let pid = created.pid;
@@ -1112,6 +1120,7 @@ fn terminal() {
         stdio: Stdio::Terminal,
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let master = File::from(created.pty_master.take().unwrap());
@@ -1149,6 +1158,7 @@ fn exec_joins_running_container() {
         },
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let pid = created.pid;
@@ -1216,6 +1226,7 @@ fn exec_now_runs_without_a_start_and_keeps_the_status_of_a_fast_exit() {
         },
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let pid = created.pid;
@@ -1332,6 +1343,7 @@ fn create_start_timing() {
                 },
                 oom_score_adj: None,
                 seccomp: None,
+                device_rules_installed: false,
             })
             .unwrap();
             let t1 = Instant::now();
@@ -1419,6 +1431,7 @@ fn exec_gets_the_containers_filter() {
         },
         oom_score_adj: None,
         seccomp: None,
+        device_rules_installed: false,
     })
     .unwrap();
     let pid = created.pid;
