@@ -301,10 +301,16 @@ impl Created {
             ..
         } = self;
         if let Err(e) = sys::write_all(start.as_raw_fd(), &[1]) {
-            if e.raw_os_error() == Some(libc::EPIPE) {
-                return Err(LaunchError::NotRunning(pid));
+            if e.raw_os_error() != Some(libc::EPIPE) {
+                return Err(io_error(format!("starting container process {pid}"), e));
             }
-            return Err(io_error(format!("starting container process {pid}"), e));
+            // Gone: it may have said why (it cannot wait for start under its filter).
+            return Err(match recv(&mut report) {
+                Ok(Some((_, msg))) => {
+                    LaunchError::Exec(String::from_utf8_lossy(&msg).into_owned())
+                }
+                _ => LaunchError::NotRunning(pid),
+            });
         }
         match recv(&mut report) {
             Ok(None) => Ok(()),

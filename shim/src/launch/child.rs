@@ -356,18 +356,35 @@ fn finish(p: &ProcessPlan, exe: Result<Exe<'_>, Fail>, io: &ChildIo<'_>) -> ! {
             sys::exit(1)
         }
     };
-    if let Some(start) = io.start {
-        send(io.report, TAG_READY, b"");
-        sys::unblock_signals();
-        if !matches!(sys::read_byte(start), Ok(Some(_))) {
-            // The shim dropped the container without starting it.
-            sys::exit(1)
+    // The seccomp filter goes in after every setup step, so that none depends on what it
+    // allows. With a start handshake it goes in while the process waits for start (the
+    // kernel's check and JIT of the filter overlap the answer to Create and the call to
+    // Start): as runc does before its exec FIFO, that needs the profile to allow read
+    // (the start pipe) and execve. A failure is reported at start.
+    let confined = match io.start {
+        Some(start) => {
+            send(io.report, TAG_READY, b"");
+            let confined = confine(p);
+            sys::unblock_signals();
+            match sys::read_byte(start) {
+                Ok(Some(_)) => {}
+                // The shim dropped the container without starting it.
+                Ok(None) => sys::exit(1),
+                Err(e) => {
+                    let msg =
+                        format!("waiting for start: {e} (does the seccomp profile deny read?)");
+                    send(io.report, TAG_EXEC, msg.as_bytes());
+                    sys::exit(1)
+                }
+            }
+            confined
         }
-    } else {
-        sys::unblock_signals();
-    }
-    // The seccomp filter goes in last, so that no setup step depends on what it allows.
-    if let Err(Fail(msg)) = confine(p) {
+        None => {
+            sys::unblock_signals();
+            confine(p)
+        }
+    };
+    if let Err(Fail(msg)) = confined {
         send(io.report, TAG_EXEC, msg.as_bytes());
         sys::exit(1)
     }

@@ -1412,6 +1412,52 @@ fn seccomp_filter_is_installed_last() {
     fx.assert_no_mounts();
 }
 
+/// The filter goes in while the process waits for start, so a profile that denies
+/// `read` (of the start pipe) fails the start with a message that says so, not silently.
+#[test]
+fn a_profile_denying_read_fails_the_start_clearly() {
+    use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["true"]);
+    let deny_read = LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .syscalls(vec![LinuxSyscallBuilder::default()
+            .names(vec!["read".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(1u32)
+            .build()
+            .unwrap()])
+        .build()
+        .unwrap();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_seccomp(Some(deny_read));
+    let created = create(CreateOptions {
+        spec: &spec,
+        overlay: None,
+        cgroup_dirs: Vec::new(),
+        stdio: Stdio::Pipes {
+            stdin: None,
+            stdout: dev_null(),
+            stderr: dev_null(),
+        },
+        oom_score_adj: None,
+        seccomp: None,
+        device_rules_installed: false,
+    })
+    .unwrap();
+    let pid = created.pid;
+    let err = created.start().unwrap_err();
+    assert!(matches!(err, LaunchError::Exec(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("does the seccomp profile deny read?"),
+        "{err}"
+    );
+    assert_eq!(wait(pid), 1);
+    fx.assert_no_mounts();
+}
+
 #[test]
 fn exec_gets_the_containers_filter() {
     let fx = Fixture::new();
