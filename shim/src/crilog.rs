@@ -5,7 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -129,41 +129,98 @@ impl LineSplitter {
     }
 }
 
-/// Copies one stream of a container into its log (if it has one) and to the clients
-/// attached to it, until the stream closes.
-pub fn spawn_copier(
-    fd: OwnedFd,
-    stream: Stream,
+/// Copies a container's output streams into its log (if it has one) and to the clients
+/// attached to them, until every stream closes: one small thread for all of them (a
+/// thread costs its start on the create path and its stack in every pod).
+pub fn spawn_copiers(
+    outputs: Vec<(OwnedFd, Stream)>,
     log: Option<Arc<LogFile>>,
     tee: Arc<Tee>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
-        .name(format!("log-{}", stream.name()))
+        .name("log".into())
         .stack_size(64 * 1024)
-        .spawn(move || copy(File::from(fd), stream, log.as_deref(), &tee))
+        .spawn(move || copy_all(outputs, log.as_deref(), &tee))
 }
 
-fn copy(mut src: File, stream: Stream, log: Option<&LogFile>, tee: &Tee) {
+/// One stream being copied.
+struct Source {
+    file: File,
+    stream: Stream,
+    lines: LineSplitter,
+}
+
+fn copy_all(outputs: Vec<(OwnedFd, Stream)>, log: Option<&LogFile>, tee: &Tee) {
+    let mut sources: Vec<Source> = outputs
+        .into_iter()
+        .map(|(fd, stream)| Source {
+            file: File::from(fd),
+            stream,
+            lines: LineSplitter::default(),
+        })
+        .collect();
     let mut buf = vec![0u8; 32 * 1024];
-    let mut lines = LineSplitter::default();
-    let mut emit = |partial: bool, text: &[u8]| {
+    while !sources.is_empty() {
+        let mut fds: Vec<libc::pollfd> = sources
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: fds is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        let mut closed = Vec::new();
+        for (i, fd) in fds.iter().enumerate() {
+            if fd.revents != 0 && !copy_some(&mut sources[i], &mut buf, log, tee) {
+                closed.push(i);
+            }
+        }
+        for i in closed.into_iter().rev() {
+            let mut s = sources.remove(i);
+            finish(&mut s, log, tee);
+        }
+    }
+}
+
+/// One read of `src` into the log and the clients; false at its end.
+fn copy_some(src: &mut Source, buf: &mut [u8], log: Option<&LogFile>, tee: &Tee) -> bool {
+    let n = loop {
+        match src.file.read(buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // EIO: the terminal's other side closed.
+            Err(_) => return false,
+        }
+    };
+    if n == 0 {
+        return false;
+    }
+    tee.write(src.stream, &buf[..n]);
+    let stream = src.stream;
+    src.lines.feed(&buf[..n], &mut |partial, text| {
         if let Some(log) = log {
             log.record(stream, partial, text)
         }
-    };
-    loop {
-        match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                tee.write(stream, &buf[..n]);
-                lines.feed(&buf[..n], &mut emit);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            // EIO: the terminal's other side closed.
-            Err(_) => break,
+    });
+    true
+}
+
+/// The end of a stream: its unterminated last line, and end of file for its clients.
+fn finish(src: &mut Source, log: Option<&LogFile>, tee: &Tee) {
+    let stream = src.stream;
+    src.lines.finish(&mut |partial, text| {
+        if let Some(log) = log {
+            log.record(stream, partial, text)
         }
-    }
-    lines.finish(&mut emit);
+    });
     tee.end(stream);
 }
 
@@ -221,5 +278,44 @@ mod tests {
             time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).is_ok()
         );
         assert_eq!(ts.len(), "2024-01-01T00:00:00.000000000Z".len());
+    }
+
+    /// One thread copies both streams, each into its own records, until both end; an
+    /// unterminated last line is a partial record of its stream.
+    #[test]
+    fn one_copier_thread_keeps_the_streams_apart() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let log = LogFile::open(&path).unwrap();
+        let pipe = || {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            (r, File::from(w))
+        };
+        let ((out_r, mut out_w), (err_r, mut err_w)) = (pipe(), pipe());
+        let copier = spawn_copiers(
+            vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+            Some(log.clone()),
+            Arc::new(Tee::default()),
+        )
+        .unwrap();
+        out_w.write_all(b"a1\n").unwrap();
+        err_w.write_all(b"b1\nb2").unwrap();
+        out_w.write_all(b"a2\n").unwrap();
+        drop(err_w);
+        out_w.write_all(b"a3").unwrap();
+        drop(out_w);
+        copier.join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+        let of = |stream: &str| -> Vec<&str> {
+            records
+                .iter()
+                .filter(|r| r.starts_with(stream))
+                .copied()
+                .collect()
+        };
+        assert_eq!(of("stdout"), ["stdout F a1", "stdout F a2", "stdout P a3"]);
+        assert_eq!(of("stderr"), ["stderr F b1", "stderr P b2"]);
     }
 }

@@ -306,9 +306,7 @@ impl Created {
             }
             // Gone: it may have said why (it cannot wait for start under its filter).
             return Err(match recv(&mut report) {
-                Ok(Some((_, msg))) => {
-                    LaunchError::Exec(String::from_utf8_lossy(&msg).into_owned())
-                }
+                Ok(Some((_, msg))) => LaunchError::Exec(String::from_utf8_lossy(&msg).into_owned()),
                 _ => LaunchError::NotRunning(pid),
             });
         }

@@ -36,7 +36,7 @@ use containerd_shim_protos::types::task::Status;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Cgroup, Layout};
-use crate::crilog::{spawn_copier, LogFile, Stream};
+use crate::crilog::{spawn_copiers, LogFile, Stream};
 use crate::execsync::{ExecSyncRequest, ExecSyncResponse};
 use crate::launch::oci::OciRuntime;
 use crate::launch::{self, Created, Stdio};
@@ -473,8 +473,7 @@ impl TaskService {
         }
     }
 
-    /// Copies each of a container's outputs to its log and attached clients, on a small
-    /// thread per stream.
+    /// Copies a container's outputs to its log and attached clients, on a small thread.
     fn spawn_copiers(
         &self,
         id: &str,
@@ -482,10 +481,11 @@ impl TaskService {
         log: &Option<Arc<LogFile>>,
         tee: &Arc<Tee>,
     ) {
-        for (fd, stream) in outputs {
-            if let Err(e) = spawn_copier(fd, stream, log.clone(), tee.clone()) {
-                tracing::warn!(container = %id, error = %e, "log copier");
-            }
+        if outputs.is_empty() {
+            return;
+        }
+        if let Err(e) = spawn_copiers(outputs, log.clone(), tee.clone()) {
+            tracing::warn!(container = %id, error = %e, "log copier");
         }
     }
 

@@ -1451,7 +1451,8 @@ fn a_profile_denying_read_fails_the_start_clearly() {
     let err = created.start().unwrap_err();
     assert!(matches!(err, LaunchError::Exec(_)), "{err:?}");
     assert!(
-        err.to_string().contains("does the seccomp profile deny read?"),
+        err.to_string()
+            .contains("does the seccomp profile deny read?"),
         "{err}"
     );
     assert_eq!(wait(pid), 1);
