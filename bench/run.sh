@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs cairn-bench: cairn against a private containerd (runc and crun) on this machine.
-# Needs root. Installs the Debian packages it needs if missing, builds release binaries
-# (cairn-shim with the shim-release profile, as a release ships it), and passes its other
-# arguments to cairn-bench (e.g. --smoke, --reps 20, --out table.md).
+# Needs root. Installs the Debian packages it needs if missing, builds the binaries as a
+# release ships them (profile dist: LTO, see Cargo.toml), and passes its other arguments
+# to cairn-bench (e.g. --smoke, --reps 20, --out table.md).
 #
 # --debug-build (or CAIRN_BENCH_DEBUG_BUILD=1) uses the debug binaries instead and skips
-# the release build: it runs `cargo build --workspace --bins`, a no-op right after CI's own
+# the dist build: it runs `cargo build --workspace --bins`, a no-op right after CI's own
 # build, so CI's smoke (`bash bench/run.sh --debug-build --smoke`) compiles nothing more.
 # Debug timings are not the benchmark's numbers; that mode only checks the harness runs.
 set -euo pipefail
@@ -17,7 +17,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-profile=release
+profile=dist
 if [ "${CAIRN_BENCH_DEBUG_BUILD:-0}" = 1 ]; then
     profile=debug
 fi
@@ -48,11 +48,8 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p' || true)
 target_dir=${target_dir:-$PWD/target}
 
-if [ "$profile" = release ]; then
-    cargo build --release -p cairn-shim --bins -p cairn-bench
-    # The shim of a release: size-optimised with LTO (Cargo.toml, profile shim-release).
-    cargo build --profile shim-release -p cairn-shim --bin cairn-shim
-    cp "$target_dir/shim-release/cairn-shim" "$target_dir/release/cairn-shim"
+if [ "$profile" = dist ]; then
+    cargo build --profile dist -p cairn-shim --bins -p cairn-bench
 else
     cargo build --workspace --bins
 fi
