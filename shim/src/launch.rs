@@ -181,8 +181,28 @@ pub struct Created {
     /// The compiled seccomp filter the process runs under (from [`create`]: the spec's
     /// `linux.seccomp`), to confine the container's execs alike (see [`exec`]).
     pub seccomp: Option<Arc<crate::seccomp::Program>>,
+    /// The executable was not found: the message its start fails with.
+    not_found: Option<String>,
     start: OwnedFd,
     report: BufReader<File>,
+}
+
+/// A container process released into `execve` by [`Created::release`], which did not wait
+/// to see `execve` succeed.
+#[derive(Debug)]
+pub struct Released {
+    report: BufReader<File>,
+}
+
+impl Released {
+    /// Why `execve` or the filter before it failed, if the process says so: read once it
+    /// has exited (or exec'd: then the report pipe is at its end and this is None).
+    pub fn failure(mut self) -> Option<String> {
+        match recv(&mut self.report) {
+            Ok(Some((_, msg))) => Some(String::from_utf8_lossy(&msg).into_owned()),
+            _ => None,
+        }
+    }
 }
 
 /// Sets the container up and leaves it blocked just before execve; returns its host pid.
@@ -289,6 +309,35 @@ pub fn exec_now(
 }
 
 impl Created {
+    /// Releases the process into `execve` without waiting for it, as runc's `start` returns
+    /// once its init has read the exec FIFO: the executable was found before "ready" (if
+    /// not, this fails like [`start`](Created::start)), and a failure of `execve` itself
+    /// (a binary of another format, a missing interpreter) shows as the process's exit,
+    /// with [`Released::failure`] saying why.
+    pub fn release(self) -> Result<Released, LaunchError> {
+        if let Some(msg) = self.not_found.clone() {
+            // The process says why and exits once released.
+            return Err(match self.start() {
+                Err(e) => e,
+                Ok(()) => LaunchError::Exec(msg),
+            });
+        }
+        let Created {
+            pid,
+            start,
+            mut report,
+            ..
+        } = self;
+        match sys::write_all(start.as_raw_fd(), &[1]) {
+            Ok(()) => Ok(Released { report }),
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Err(match recv(&mut report) {
+                Ok(Some((_, msg))) => LaunchError::Exec(String::from_utf8_lossy(&msg).into_owned()),
+                _ => LaunchError::NotRunning(pid),
+            }),
+            Err(e) => Err(io_error(format!("starting container process {pid}"), e)),
+        }
+    }
+
     /// Releases the process into execve. If the command cannot be executed (not found in
     /// the container's PATH, not executable), returns [`LaunchError::Exec`] naming it, e.g.
     /// `exec: "nosuch": executable file not found in $PATH`, and the process has exited
@@ -421,7 +470,9 @@ fn open_pty(size: Option<oci_spec::runtime::Box>) -> std::io::Result<(OwnedFd, O
 
 /// How the setup went, as reported by the children.
 enum Setup {
-    Ready,
+    /// Waiting for start; the message its start fails with if its executable was not
+    /// found.
+    Ready(Option<String>),
     Failed(String),
     /// End of file without a word.
     Silent,
@@ -442,10 +493,11 @@ fn held(
     middle_status: Option<std::io::Result<libc::c_int>>,
 ) -> Result<Created, LaunchError> {
     match (setup, pid) {
-        (Setup::Ready, Some(pid)) => Ok(Created {
+        (Setup::Ready(not_found), Some(pid)) => Ok(Created {
             pid,
             pty_master,
             seccomp: None,
+            not_found,
             start,
             report,
         }),
@@ -579,7 +631,7 @@ fn read_setup(
         let text = String::from_utf8_lossy(&payload).into_owned();
         match tag {
             TAG_PID => pid = text.parse::<pid_t>().ok(),
-            TAG_READY => setup = Some(Setup::Ready),
+            TAG_READY => setup = Some(Setup::Ready((!text.is_empty()).then_some(text))),
             TAG_ERROR => setup = Some(Setup::Failed(text)),
             _ => setup = Some(Setup::Failed(format!("unexpected report {text:?}"))),
         }

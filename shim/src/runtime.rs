@@ -45,7 +45,9 @@ use crate::config::{RuntimeHandler, RuntimeKind};
 use crate::execsync;
 use crate::podns;
 use crate::spec::{self, ContainerContext, PodContext};
-use crate::task::{overlay_to, read_exit, StatsJson, REOPEN_LOG, SECCOMP_PROGRAM};
+use crate::task::{
+    overlay_to, read_exit, read_exit_record, StatsJson, REOPEN_LOG, SECCOMP_PROGRAM,
+};
 
 const PODS: &str = "pods";
 const CONTAINERS: &str = "containers";
@@ -1237,22 +1239,25 @@ impl Runtime {
         if rec.state == cri::ContainerState::ContainerExited as i32 {
             return;
         }
-        let oom = self
+        let recorded = self
             .pod(&rec.pod_id)
             .ok()
-            .and_then(|p| read_exit(&p.dir, id))
-            .is_some_and(|e| e.oom);
+            .and_then(|p| read_exit_record(&p.dir, id));
+        let oom = recorded.as_ref().is_some_and(|(e, _)| e.oom);
+        // Its command never ran: execve failed after StartContainer released it.
+        let start_failure = recorded.and_then(|(_, failure)| failure);
         rec.state = cri::ContainerState::ContainerExited as i32;
         rec.exit_code = code;
         rec.finished_ns = at;
-        rec.reason = match (unknown, oom, code) {
-            (Some(_), _, _) => "Unknown".into(),
-            (None, true, _) => "OOMKilled".into(),
-            (None, false, 0) => "Completed".into(),
+        rec.reason = match (unknown, &start_failure, oom, code) {
+            (Some(_), _, _, _) => "Unknown".into(),
+            (None, Some(_), _, _) => "StartError".into(),
+            (None, None, true, _) => "OOMKilled".into(),
+            (None, None, false, 0) => "Completed".into(),
             _ => "Error".into(),
         };
-        if let Some(m) = unknown {
-            rec.message = m.to_string();
+        if let Some(m) = unknown.map(str::to_string).or(start_failure) {
+            rec.message = m;
         }
         if self.save_container(&rec).is_ok() {
             self.event(&rec, cri::ContainerEventType::ContainerStoppedEvent);

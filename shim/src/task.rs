@@ -64,18 +64,43 @@ pub fn exit_path(pod_dir: &Path, id: &str) -> PathBuf {
     pod_dir.join("exits").join(id)
 }
 
-/// Reads a recorded exit.
-pub fn read_exit(pod_dir: &Path, id: &str) -> Option<Exit> {
-    let bytes = std::fs::read(exit_path(pod_dir, id)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// An exit as written to disk: with why the process never ran its command, when it says
+/// so (its `execve` failed after start).
+#[derive(Debug, Serialize, Deserialize)]
+struct ExitRecord {
+    #[serde(flatten)]
+    exit: Exit,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_failure: Option<String>,
 }
 
-fn write_exit(pod_dir: &Path, id: &str, exit: &Exit) -> std::io::Result<()> {
+/// Reads a recorded exit.
+pub fn read_exit(pod_dir: &Path, id: &str) -> Option<Exit> {
+    read_exit_record(pod_dir, id).map(|(exit, _)| exit)
+}
+
+/// Reads a recorded exit and, if the container's command never ran, why.
+pub fn read_exit_record(pod_dir: &Path, id: &str) -> Option<(Exit, Option<String>)> {
+    let bytes = std::fs::read(exit_path(pod_dir, id)).ok()?;
+    let rec: ExitRecord = serde_json::from_slice(&bytes).ok()?;
+    Some((rec.exit, rec.start_failure))
+}
+
+fn write_exit(
+    pod_dir: &Path,
+    id: &str,
+    exit: &Exit,
+    start_failure: Option<String>,
+) -> std::io::Result<()> {
     use std::io::Write;
     let path = exit_path(pod_dir, id);
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(exit).map_err(std::io::Error::other)?)?;
+    let rec = ExitRecord {
+        exit: *exit,
+        start_failure,
+    };
+    f.write_all(&serde_json::to_vec(&rec).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)
 }
@@ -145,6 +170,9 @@ struct Container {
     pty: Option<std::fs::File>,
     /// Its compiled seccomp filter (built-in launcher), which its execs run under too.
     seccomp: Option<Arc<crate::seccomp::Program>>,
+    /// Its init released into `execve` (built-in launcher): says, after its exit, whether
+    /// `execve` failed.
+    released: Option<launch::Released>,
 }
 
 struct Inner {
@@ -396,6 +424,7 @@ impl TaskService {
                 tee,
                 pty,
                 seccomp,
+                released: None,
             },
         );
         self.spawn_waiter(req.id.clone(), None, pid);
@@ -550,7 +579,10 @@ impl TaskService {
                 .and_then(|g| g.oom_kills().ok())
                 .is_some_and(|n| n > c.oom_before);
             let cgroup = c.cgroup.clone();
+            let released = c.released.take();
             drop(containers);
+            // Written before it exited (or the pipe closed when it exec'd): no wait.
+            let start_failure = released.and_then(launch::Released::failure);
             // The container ends with its init: what it left behind (possible when it
             // shares the pod's or the host's pid namespace) and its execs are killed.
             if let Some(g) = cgroup {
@@ -563,7 +595,7 @@ impl TaskService {
                 exited_ns,
                 oom,
             };
-            if let Err(e) = write_exit(&self.inner.pod_dir, id, &exit) {
+            if let Err(e) = write_exit(&self.inner.pod_dir, id, &exit, start_failure) {
                 tracing::error!(container = id, error = %e, "recording exit");
             }
             if let Some(c) = self.lock().get_mut(id) {
@@ -587,41 +619,47 @@ impl TaskService {
         if !req.exec_id.is_empty() {
             return self.start_exec(&req.id, &req.exec_id);
         }
-        let created = {
-            let mut containers = self.lock();
-            let c = containers
-                .get_mut(&req.id)
-                .ok_or_else(|| not_found(&req.id))?;
-            if c.init.started || c.init.exit.is_some() {
-                return Err(err(
-                    ttrpc::Code::FAILED_PRECONDITION,
-                    format!("container {} was already started", req.id),
-                ));
-            }
-            c.init.created.take().ok_or_else(|| {
-                err(
-                    ttrpc::Code::FAILED_PRECONDITION,
-                    format!("container {} is not created", req.id),
-                )
-            })?
-        };
-        let pid = self.lock().get(&req.id).map_or(0, |c| c.init.pid);
+        let mut containers = self.lock();
+        let c = containers
+            .get_mut(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        if c.init.started || c.init.exit.is_some() {
+            return Err(err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {} was already started", req.id),
+            ));
+        }
+        let created = c.init.created.take().ok_or_else(|| {
+            err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {} is not created", req.id),
+            )
+        })?;
+        let pid = c.init.pid;
         let started = match (created, &self.inner.oci) {
-            (Pending::Builtin(created), _) => created.start(),
-            (Pending::Oci, Some(oci)) => oci.start(&req.id),
+            // Released under the lock (one byte into an empty pipe): its exit, however
+            // soon, is recorded after `released` is in place to say why.
+            (Pending::Builtin(created), _) => created.release().map(|released| {
+                c.released = Some(released);
+                c.init.started = true;
+            }),
+            (Pending::Oci, Some(oci)) => {
+                drop(containers);
+                let started = oci.start(&req.id);
+                if started.is_ok() {
+                    if let Some(c) = self.lock().get_mut(&req.id) {
+                        c.init.started = true;
+                    }
+                }
+                started
+            }
             (Pending::Oci, None) => Err(launch::LaunchError::InvalidSpec(
                 "no OCI runtime configured in this shim".into(),
             )),
         };
-        match started {
-            Ok(()) => {
-                if let Some(c) = self.lock().get_mut(&req.id) {
-                    c.init.started = true;
-                }
-                Ok(pid as u32)
-            }
-            Err(e) => Err(err(ttrpc::Code::FAILED_PRECONDITION, e.to_string())),
-        }
+        started
+            .map(|()| pid as u32)
+            .map_err(|e| err(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32, ttrpc::Error> {

@@ -410,6 +410,34 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     assert_eq!(st.reason, "StartError");
     assert!(st.message.contains("/no/such/binary"));
 
+    // A command that is found but that execve refuses: StartContainer releases the
+    // process without waiting for execve (as runc's start returns at its exec FIFO), and
+    // the container exits with 126, reason StartError, saying why.
+    let id = node
+        .create(
+            &mut rt,
+            &pod,
+            node.container_config("badexec", &["/data/not-a-program"]),
+        )
+        .await
+        .unwrap();
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let st = loop {
+        let st = status(&mut rt, &id).await;
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "never exited: {st:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!((st.exit_code, st.reason.as_str()), (126, "StartError"), "{st:?}");
+    assert!(st.message.contains("exec format error"), "{}", st.message);
+
     // Invalid resources.
     let mut c = node.container_config("badres", &["true"]);
     c.linux = Some(cri::LinuxContainerConfig {

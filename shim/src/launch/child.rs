@@ -26,7 +26,8 @@ use super::sys::{self, cvt, FdPath};
 
 /// Report record tags: middle child → shim.
 pub(super) const TAG_PID: u8 = b'P';
-/// Container process → shim: set up, waiting for start.
+/// Container process → shim: set up, waiting for start. The payload is empty when the
+/// executable was found, else the message its start will fail with.
 pub(super) const TAG_READY: u8 = b'R';
 /// Either child → shim: setup failed (the text says what); the child has exited.
 pub(super) const TAG_ERROR: u8 = b'E';
@@ -363,7 +364,11 @@ fn finish(p: &ProcessPlan, exe: Result<Exe<'_>, Fail>, io: &ChildIo<'_>) -> ! {
     // (the start pipe) and execve. A failure is reported at start.
     let confined = match io.start {
         Some(start) => {
-            send(io.report, TAG_READY, b"");
+            let lookup = match &exe {
+                Ok(_) => &b""[..],
+                Err(msg) => msg.as_bytes(),
+            };
+            send(io.report, TAG_READY, lookup);
             let confined = confine(p);
             sys::unblock_signals();
             match sys::read_byte(start) {

@@ -29,11 +29,13 @@ pub struct Node {
     pub cgroups: CgroupParentGuard,
 }
 
-/// The test image: busybox_base plus a layer with `/data/from-image.txt` and more applets.
+/// The test image: busybox_base plus a layer with `/data/from-image.txt`, an executable
+/// file `execve` refuses (`/data/not-a-program`: no ELF, no `#!`) and more applets.
 pub fn test_image(config: ImageConfig) -> ImageSpec {
     let mut extra = Layer::new()
         .dir("data", 0o755)
-        .file("data/from-image.txt", "image\n", 0o644);
+        .file("data/from-image.txt", "image\n", 0o644)
+        .file("data/not-a-program", "not a program\n", 0o755);
     for applet in MORE_APPLETS {
         extra = extra.symlink(&format!("bin/{applet}"), "busybox");
     }
