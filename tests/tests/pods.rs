@@ -435,7 +435,11 @@ async fn bad_input_is_refused_and_leaves_nothing() {
         assert!(std::time::Instant::now() < deadline, "never exited: {st:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    assert_eq!((st.exit_code, st.reason.as_str()), (126, "StartError"), "{st:?}");
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (126, "StartError"),
+        "{st:?}"
+    );
     assert!(st.message.contains("exec format error"), "{}", st.message);
 
     // Invalid resources.
