@@ -354,3 +354,87 @@ async fn an_oom_killed_container_says_so() {
     remove_pod(&mut rt, &pod).await;
     assert_clean(&node);
 }
+
+/// Whether the host's `/sys/fs/cgroup` is a cgroup2 mount (pure v2).
+fn host_cgroup_v2() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup"))
+        .is_some_and(|l| l.contains(" - cgroup2 "))
+}
+
+#[tokio::test]
+async fn a_container_reads_its_own_limits_under_sys_fs_cgroup() {
+    let node = Node::new().await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "limits").await;
+    let mut config = node.container_config("c", &["sleep", "300"]);
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            cpu_quota: 30_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node.run_config(&mut rt, &pod, config).await;
+    let read = |files: &[&str]| {
+        let mut cmd = vec!["cat"];
+        cmd.extend_from_slice(files);
+        cmd.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let (files, want): (Vec<&str>, String) = if host_cgroup_v2() {
+        (
+            vec!["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"],
+            format!("{}\n30000 100000", 96u64 << 20),
+        )
+    } else {
+        (
+            vec![
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                // Controllers mounted together on the host appear under each name too.
+                "/sys/fs/cgroup/cpuacct/cpuacct.usage",
+            ],
+            format!("{}\n30000", 96u64 << 20),
+        )
+    };
+    let cmd = read(&files);
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let out = exec_out(&mut rt, &id, &cmd).await;
+    assert!(out.starts_with(&want), "{out:?} (want {want:?} first)");
+
+    // The container's own cgroup, not the host's root: its init (pid 1) is in it.
+    let procs = if host_cgroup_v2() {
+        "/sys/fs/cgroup/cgroup.procs"
+    } else {
+        "/sys/fs/cgroup/memory/cgroup.procs"
+    };
+    let out = exec_out(&mut rt, &id, &["cat", procs]).await;
+    assert!(out.lines().any(|l| l == "1"), "{procs}: {out:?}");
+
+    // Read-only, as the spec's cgroup mount says: neither the hierarchy nor the tmpfs
+    // around it can be written.
+    for cmd in [
+        ["mkdir", "/sys/fs/cgroup/memory/escape"],
+        ["mkdir", "/sys/fs/cgroup/escape"],
+    ] {
+        let r = exec(&mut rt, &id, &cmd).await;
+        assert_ne!(r.exit_code, 0, "{cmd:?} succeeded");
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("Read-only file system"),
+            "{cmd:?}: {r:?}"
+        );
+    }
+    if !host_cgroup_v2() {
+        let listing = exec_out(&mut rt, &id, &["ls", "/sys/fs/cgroup"]).await;
+        for h in ["cpu", "cpuacct", "memory", "pids", "devices"] {
+            assert!(listing.lines().any(|l| l == h), "{h} missing: {listing:?}");
+        }
+    }
+
+    remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
+}

@@ -150,6 +150,18 @@ async fn a_pod_with_a_user_namespace() {
         uid_map.split_whitespace().collect::<Vec<_>>(),
         ["0", "100000", "65536"]
     );
+    // Its cgroup (v1: the memory hierarchy; v2: the root of its namespace) is readable.
+    let procs = exec_out(
+        &mut rt,
+        &app,
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/cgroup.procs 2>/dev/null || cat /sys/fs/cgroup/cgroup.procs",
+        ],
+    )
+    .await;
+    assert!(procs.lines().any(|l| l == "1"), "{procs:?}");
 
     // The image's files keep their owners as seen inside (idmapped layers).
     let owners = exec_out(

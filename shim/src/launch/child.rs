@@ -19,8 +19,8 @@ use libc::{c_int, c_ulong, pid_t};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::plan::{
-    v2_join, CgroupJoin, ContainerPlan, DevicePlan, ExecPlan, MountKind, MountPlan, NsJoin,
-    ProcessPlan, UsernsPlan, BIND_REMOUNT_FLAGS,
+    v2_join, CgroupBind, CgroupJoin, ContainerPlan, DevicePlan, ExecPlan, MountKind, MountPlan,
+    NsJoin, ProcessPlan, UsernsPlan, BIND_REMOUNT_FLAGS,
 };
 use super::sys::{self, cvt, FdPath};
 
@@ -194,8 +194,9 @@ fn fork_plain() -> Result<pid_t, Fail> {
 struct Premounted {
     /// A detached copy of the mounted rootfs.
     rootfs: OwnedFd,
-    /// For each of `plan.mounts`: a detached copy of its source, for bind mounts.
-    binds: Vec<Option<OwnedFd>>,
+    /// For each of `plan.mounts`: detached copies of its sources (one for a bind mount,
+    /// one per hierarchy for the cgroup v1 tmpfs, none for other filesystems).
+    binds: Vec<Vec<OwnedFd>>,
 }
 
 /// Mounts the rootfs of a container in a user namespace, in a mount namespace of the
@@ -236,11 +237,13 @@ fn premount(plan: &ContainerPlan<'_>, userns: &UsernsPlan) -> Result<Premounted,
     let mut binds = Vec::with_capacity(plan.mounts.len());
     for m in &plan.mounts {
         binds.push(match &m.kind {
-            MountKind::Bind { source, recursive } => Some(
-                sys::open_tree(source, *recursive)
-                    .ctx(|| format!("copying the source of the {}", m.describe))?,
-            ),
-            MountKind::Fs { .. } => None,
+            MountKind::Bind { source, recursive } => vec![sys::open_tree(source, *recursive)
+                .ctx(|| format!("copying the source of the {}", m.describe))?],
+            MountKind::CgroupV1 { hierarchies } => hierarchies
+                .iter()
+                .map(|h| cgroup_tree(h, m.flags))
+                .collect::<Result<_, _>>()?,
+            MountKind::Fs { .. } => Vec::new(),
         });
     }
     Ok(Premounted {
@@ -461,10 +464,10 @@ fn setup_container(
         .ctx(|| "setting the propagation of the container's mount tree".into())?;
     let root = mount_rootfs(plan, premounted)?;
     for (i, m) in plan.mounts.iter().enumerate() {
-        let tree = premounted
+        let trees = premounted
             .and_then(|p| p.binds.get(i))
-            .and_then(Option::as_ref);
-        mount_one(&root, m, tree, rootfs.propagation == libc::MS_PRIVATE)?;
+            .map_or(&[][..], Vec::as_slice);
+        mount_one(&root, m, trees, rootfs.propagation == libc::MS_PRIVATE)?;
     }
     make_devices(&root, &plan.devices)?;
     if plan.manage_dev {
@@ -648,20 +651,90 @@ fn remount_readonly(path: &CStr) -> io::Result<()> {
     sys::mount(None, path, None, flags, None)
 }
 
-/// Mounts `m` below `root`; a bind mount attaches `tree` (a detached copy of its source)
-/// when given. `tree_private`: every mount of the namespace was made private, so a new
-/// mount is private already and asking for (r)private changes nothing.
+/// A detached copy of the container's directory in one cgroup hierarchy, with the
+/// per-mount flags of the spec's cgroup mount (read-only, nosuid, ...).
+fn cgroup_tree(h: &CgroupBind, flags: c_ulong) -> Result<OwnedFd, Fail> {
+    let describe = || {
+        format!(
+            "copying the cgroup directory {}",
+            h.source.to_string_lossy()
+        )
+    };
+    let tree = sys::open_tree(&h.source, false).ctx(describe)?;
+    sys::set_mount_flags(tree.as_raw_fd(), flags).ctx(describe)?;
+    Ok(tree)
+}
+
+/// The cgroup v1 view at `point`: a tmpfs with the container's directory of each
+/// hierarchy (`trees`, detached copies made beforehand, or made here), links for
+/// controllers mounted together, then read-only if the spec says so.
+fn mount_cgroup_v1(
+    root: &OwnedFd,
+    point: &OwnedFd,
+    m: &MountPlan,
+    hierarchies: &[CgroupBind],
+    trees: &[OwnedFd],
+) -> Result<(), Fail> {
+    let target = FdPath::new(point.as_raw_fd());
+    let flags = m.flags & !libc::MS_RDONLY;
+    sys::mount(
+        Some(c"tmpfs"),
+        target.as_cstr(),
+        Some(c"tmpfs"),
+        flags,
+        Some(c"mode=755"),
+    )
+    .ctx(|| m.describe.clone())?;
+    let top = resolve(root, &m.dest.full).ctx(|| format!("reopening the {}", m.describe))?;
+    for (i, h) in hierarchies.iter().enumerate() {
+        let made;
+        let tree = match trees.get(i) {
+            Some(tree) => tree,
+            None => {
+                made = cgroup_tree(h, m.flags)?;
+                &made
+            }
+        };
+        let name = h.name.to_string_lossy();
+        make_entry(&top, &h.name, false)
+            .and_then(|()| sys::attach(tree.as_raw_fd(), top.as_raw_fd(), &h.name))
+            .ctx(|| format!("mounting cgroup hierarchy {name} in the {}", m.describe))?;
+        for alias in &h.aliases {
+            // SAFETY: NUL-terminated strings; top is a directory we hold.
+            let r = unsafe { libc::symlinkat(h.name.as_ptr(), top.as_raw_fd(), alias.as_ptr()) };
+            let e = last_error();
+            if r < 0 && e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(Fail(format!(
+                    "linking {} to cgroup hierarchy {name}: {e}",
+                    alias.to_string_lossy()
+                )));
+            }
+        }
+    }
+    if m.flags & libc::MS_RDONLY != 0 {
+        let top = FdPath::new(top.as_raw_fd());
+        remount_readonly(top.as_cstr()).ctx(|| format!("making the {} read-only", m.describe))?;
+    }
+    Ok(())
+}
+
+/// Mounts `m` below `root`; a bind mount attaches `trees[0]` (a detached copy of its
+/// source) when given. `tree_private`: every mount of the namespace was made private, so a
+/// new mount is private already and asking for (r)private changes nothing.
 fn mount_one(
     root: &OwnedFd,
     m: &MountPlan,
-    tree: Option<&OwnedFd>,
+    trees: &[OwnedFd],
     tree_private: bool,
 ) -> Result<(), Fail> {
     let point = ensure_path(root, &m.dest.full, m.as_file)
         .ctx(|| format!("creating the mount point of the {}", m.describe))?;
     let target = FdPath::new(point.as_raw_fd());
     let mut bind_flags = 0;
-    match (&m.kind, tree) {
+    match (&m.kind, trees.first()) {
+        (MountKind::CgroupV1 { hierarchies }, _) => {
+            return mount_cgroup_v1(root, &point, m, hierarchies, trees);
+        }
         (MountKind::Bind { .. }, Some(tree)) => {
             sys::attach(tree.as_raw_fd(), point.as_raw_fd(), c"").ctx(|| m.describe.clone())?;
             bind_flags = m.flags & BIND_REMOUNT_FLAGS;

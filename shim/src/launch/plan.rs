@@ -207,8 +207,30 @@ impl RelPath {
 }
 
 pub(super) enum MountKind {
-    Bind { source: CString, recursive: bool },
-    Fs { fstype: CString, source: CString },
+    Bind {
+        source: CString,
+        recursive: bool,
+    },
+    Fs {
+        fstype: CString,
+        source: CString,
+    },
+    /// `/sys/fs/cgroup` on a cgroup v1 (or hybrid) host: a tmpfs holding a bind mount of
+    /// the container's own directory in each hierarchy, named as on the host, as runc does.
+    /// Programs that read their limits there (JVMs, Go and .NET runtimes) find them.
+    CgroupV1 {
+        hierarchies: Vec<CgroupBind>,
+    },
+}
+
+/// One cgroup v1 hierarchy (or the hybrid layout's cgroup2 mount) shown in a container.
+pub(super) struct CgroupBind {
+    /// The host mount point's name ("memory", "cpu,cpuacct", "unified").
+    pub(super) name: CString,
+    /// The container's directory in that hierarchy, on the host.
+    pub(super) source: CString,
+    /// Symlinks to `name` for controllers mounted together ("cpu", "cpuacct").
+    pub(super) aliases: Vec<CString>,
 }
 
 pub(super) struct MountPlan {
@@ -344,12 +366,18 @@ pub(super) fn container<'a>(
     let linux = spec.linux().as_ref();
     let namespaces = linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]);
     let (userns, join, unshare, new_uts) = namespaces_plan(namespaces)?;
-    let mounts = spec
+    let mut mounts = spec
         .mounts()
         .iter()
         .flatten()
         .map(mount_plan)
         .collect::<Result<Vec<_>, _>>()?;
+    for m in &mut mounts {
+        if let MountKind::CgroupV1 { hierarchies } = &mut m.kind {
+            let path = linux.and_then(|l| l.cgroups_path().as_deref());
+            *hierarchies = cgroup_binds(cgroup_dirs, path)?;
+        }
+    }
     let manage_dev = mounts
         .iter()
         .any(|m| m.dest.display == "/dev" && matches!(m.kind, MountKind::Fs { .. }));
@@ -848,24 +876,22 @@ fn mount_plan(m: &Mount) -> Result<MountPlan, LaunchError> {
         if typ.is_empty() {
             return Err(invalid(format!("mount at {} has no type", dest.display)));
         }
-        let mut fstype = typ;
-        if typ == "cgroup" {
-            if host_cgroup2() {
-                fstype = "cgroup2";
-            } else {
-                // TODO: bind the container's v1 hierarchies in; an empty tmpfs for now.
-                fstype = "tmpfs";
-                data.push("mode=755");
-            }
-        }
-        let source = match source {
-            Some(s) if typ != "cgroup" => path_cstring(s, "mount source")?,
-            _ => cstring(fstype, "mount type")?,
-        };
         describe = format!("{typ} mount at {}", dest.display);
-        kind = MountKind::Fs {
-            fstype: cstring(fstype, "mount type")?,
-            source,
+        kind = match typ {
+            "cgroup" if !host_cgroup2() => MountKind::CgroupV1 {
+                hierarchies: Vec::new(),
+            },
+            "cgroup" => MountKind::Fs {
+                fstype: c"cgroup2".into(),
+                source: c"cgroup2".into(),
+            },
+            _ => MountKind::Fs {
+                fstype: cstring(typ, "mount type")?,
+                source: match source {
+                    Some(s) => path_cstring(s, "mount source")?,
+                    None => cstring(typ, "mount type")?,
+                },
+            },
         };
     }
     let data = if data.is_empty() || matches!(kind, MountKind::Bind { .. }) {
@@ -883,6 +909,44 @@ fn mount_plan(m: &Mount) -> Result<MountPlan, LaunchError> {
         as_file,
         describe,
     })
+}
+
+/// The hierarchies a container sees under `/sys/fs/cgroup` on a v1 host: for each of its
+/// cgroup directories (`<mount point>/<cgroups_path>`), the mount point's name and the
+/// directory. Without a cgroups path (nothing to show) the tmpfs stays empty.
+fn cgroup_binds(
+    dirs: &[PathBuf],
+    cgroups_path: Option<&Path>,
+) -> Result<Vec<CgroupBind>, LaunchError> {
+    let Some(rel) = cgroups_path.map(|p| p.strip_prefix("/").unwrap_or(p)) else {
+        return Ok(Vec::new());
+    };
+    let depth = rel.components().count();
+    let mut binds: Vec<CgroupBind> = Vec::new();
+    for dir in dirs.iter().filter(|d| d.ends_with(rel)) {
+        let Some(name) = dir.ancestors().nth(depth).and_then(Path::file_name) else {
+            continue;
+        };
+        let name_bytes = name.as_bytes();
+        if binds.iter().any(|b| b.name.as_bytes() == name_bytes) {
+            continue;
+        }
+        let parts: Vec<&[u8]> = name_bytes.split(|&b| b == b',').collect();
+        let aliases = match parts.len() {
+            1 => Vec::new(),
+            _ => parts
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| cstring(p, "cgroup hierarchy name"))
+                .collect::<Result<_, _>>()?,
+        };
+        binds.push(CgroupBind {
+            name: cstring(name_bytes, "cgroup hierarchy name")?,
+            source: path_cstring(dir, "cgroup directory")?,
+            aliases,
+        });
+    }
+    Ok(binds)
 }
 
 /// Whether the host's /sys/fs/cgroup is the cgroup v2 unified hierarchy.

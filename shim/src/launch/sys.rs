@@ -369,6 +369,49 @@ pub(super) fn make_tree_readonly(path: &CStr) -> io::Result<()> {
     .map(drop)
 }
 
+/// Sets the per-mount flags among `flags` (`MS_RDONLY`, `MS_NOSUID`, `MS_NODEV`,
+/// `MS_NOEXEC`, `MS_NOATIME`) on the detached mount `tree` (`mount_setattr`, 5.12+).
+pub(super) fn set_mount_flags(tree: RawFd, flags: c_ulong) -> io::Result<()> {
+    const MAP: [(c_ulong, u64); 5] = [
+        (libc::MS_RDONLY, 0x1),
+        (libc::MS_NOSUID, 0x2),
+        (libc::MS_NODEV, 0x4),
+        (libc::MS_NOEXEC, 0x8),
+        (libc::MS_NOATIME, 0x10),
+    ];
+    const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
+    let attr_set = MAP
+        .iter()
+        .filter(|(ms, _)| flags & ms != 0)
+        .fold(0, |acc, (_, attr)| acc | attr);
+    if attr_set == 0 {
+        return Ok(());
+    }
+    let attr = MountAttr {
+        attr_set,
+        // Setting an atime mode means clearing the others first.
+        attr_clr: if attr_set & 0x10 != 0 {
+            MOUNT_ATTR_ATIME_MASK
+        } else {
+            0
+        },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: attr is a valid mount_attr of the size passed; the empty path names `tree`.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
 /// A detached copy of the mount tree at `path` (`open_tree` with `OPEN_TREE_CLONE`; with
 /// `recursive`, the mounts below it too), to attach elsewhere with [`attach`], possibly in
 /// another mount namespace.
