@@ -61,8 +61,28 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `kill_all` waits for a v1 freezer to report FROZEN.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How many times `delete` tries an `rmdir` that fails with EBUSY (sleeping 10, 20, 40... ms).
-const RMDIR_ATTEMPTS: u32 = 6;
+/// How many times `delete` tries an `rmdir` that fails with EBUSY (sleeping 1, 2, 4... ms,
+/// half a second in all).
+const RMDIR_ATTEMPTS: u32 = 10;
+
+/// Waits between polls of the kernel's state: short at first, since most waits here (a
+/// freezer reaching FROZEN, killed processes leaving their cgroup) end within a
+/// millisecond, then doubling up to `max`, so a long wait does not spin.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { next: first, max }
+    }
+
+    fn sleep(&mut self) {
+        sleep(self.next);
+        self.next = (self.next * 2).min(self.max);
+    }
+}
 
 /// What went wrong; every message names the cgroup and, where there is one, the file.
 #[derive(Debug, thiserror::Error)]
@@ -752,11 +772,12 @@ impl Cgroup {
         }
         write_file(&state, "FROZEN")?;
         let deadline = Instant::now() + FREEZE_TIMEOUT;
+        let mut backoff = Backoff::new(Duration::from_micros(50), Duration::from_millis(5));
         while Instant::now() < deadline {
             if read_opt(&state)?.is_some_and(|s| s.trim() == "FROZEN") {
                 break;
             }
-            sleep(Duration::from_millis(5));
+            backoff.sleep();
         }
         let signalled = self.subtree_procs().map(|pids| signal_all(&pids));
         let thawed = write_file(&state, "THAWED");
@@ -767,6 +788,7 @@ impl Cgroup {
     /// Sends SIGKILL to every process of the subtree until there is none, or the time is up.
     fn signal_until_empty(&self) -> Result<()> {
         let deadline = Instant::now() + KILL_TIMEOUT;
+        let mut backoff = Backoff::new(Duration::from_micros(100), Duration::from_millis(10));
         loop {
             let pids = self.subtree_procs()?;
             if pids.is_empty() {
@@ -779,7 +801,7 @@ impl Cgroup {
                 });
             }
             signal_all(&pids);
-            sleep(Duration::from_millis(10));
+            backoff.sleep();
         }
     }
 
@@ -1324,14 +1346,13 @@ fn remove_tree(dir: &Path) -> Result<()> {
 
 /// `rmdir` with a few retries on EBUSY (processes that are still exiting); gone is fine.
 fn remove_dir_retrying(dir: &Path) -> Result<()> {
-    let mut delay = Duration::from_millis(10);
+    let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(256));
     for attempt in 1..=RMDIR_ATTEMPTS {
         match fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < RMDIR_ATTEMPTS => {
-                sleep(delay);
-                delay *= 2;
+                backoff.sleep();
             }
             Err(e) => return Err(io_err("remove cgroup", dir, e)),
         }
