@@ -259,6 +259,23 @@ fn pipes() -> (OwnedFd, OwnedFd, Stdio) {
     (out_r, err_r, stdio)
 }
 
+/// Options for creating `spec` as it is, output to /dev/null, no cgroups.
+fn silent(spec: &Spec) -> CreateOptions<'_> {
+    CreateOptions {
+        spec,
+        overlay: None,
+        cgroup_dirs: Vec::new(),
+        stdio: Stdio::Pipes {
+            stdin: None,
+            stdout: dev_null(),
+            stderr: dev_null(),
+        },
+        oom_score_adj: None,
+        seccomp: None,
+        device_rules_installed: false,
+    }
+}
+
 fn dev_null() -> OwnedFd {
     File::options()
         .write(true)
@@ -452,20 +469,7 @@ fn missing_cwd_fails_create() {
     let fx = Fixture::new();
     let mut spec = fx.spec(&["true"]);
     proc_mut(&mut spec).set_cwd("/nowhere".into());
-    let err = create(CreateOptions {
-        spec: &spec,
-        overlay: None,
-        cgroup_dirs: Vec::new(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
-    })
-    .unwrap_err();
+    let err = create(silent(&spec)).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("/nowhere"), "{msg}");
     assert!(matches!(err, LaunchError::Setup(_)), "{err:?}");
@@ -575,20 +579,7 @@ fn dev_nodes_and_links() {
 fn missing_command_fails_at_start() {
     let fx = Fixture::new();
     let spec = fx.spec(&["nosuch", "arg"]);
-    let created = create(CreateOptions {
-        spec: &spec,
-        overlay: None,
-        cgroup_dirs: Vec::new(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
-    })
-    .unwrap();
+    let created = create(silent(&spec)).unwrap();
     let pid = created.pid;
     let err = created.start().unwrap_err();
     assert_eq!(
@@ -598,20 +589,7 @@ fn missing_command_fails_at_start() {
     assert_eq!(wait(pid), 127);
 
     let spec = fx.spec(&["/etc/passwd"]);
-    let created = create(CreateOptions {
-        spec: &spec,
-        overlay: None,
-        cgroup_dirs: Vec::new(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
-    })
-    .unwrap();
+    let created = create(silent(&spec)).unwrap();
     let pid = created.pid;
     let err = created.start().unwrap_err().to_string();
     assert_eq!(err, r#"exec: "/etc/passwd": permission denied"#);
@@ -620,20 +598,7 @@ fn missing_command_fails_at_start() {
 }
 
 fn create_err(spec: &Spec) -> LaunchError {
-    create(CreateOptions {
-        spec,
-        overlay: None,
-        cgroup_dirs: Vec::new(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
-    })
-    .unwrap_err()
+    create(silent(spec)).unwrap_err()
 }
 
 #[test]
@@ -954,17 +919,8 @@ fn exec_joins_a_containers_user_and_pid_namespaces() {
         .set_uid_mappings(Some(id_mappings()))
         .set_gid_mappings(Some(id_mappings()));
     let created = create(CreateOptions {
-        spec: &spec,
         overlay: Some(&overlay),
-        cgroup_dirs: Vec::new(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
+        ..silent(&spec)
     })
     .unwrap();
     let pid = created.pid;
@@ -1050,17 +1006,8 @@ fn joins_v1_and_cgroup2_cgroups() {
     let linux = spec.linux_mut().as_mut().unwrap();
     linux.set_namespaces(Some(namespaces(&[Pid, Ipc, Uts, Mount])));
     let created = create(CreateOptions {
-        spec: &spec,
-        overlay: None,
         cgroup_dirs: dirs.clone(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
+        ..silent(&spec)
     })
     .unwrap();
     let pid = created.pid;
@@ -1114,13 +1061,8 @@ fn terminal() {
         "test -t 0 && test -t 1 && echo tty; test -c /dev/console && echo console",
     ]);
     let mut created = create(CreateOptions {
-        spec: &spec,
-        overlay: None,
-        cgroup_dirs: Vec::new(),
         stdio: Stdio::Terminal,
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
+        ..silent(&spec)
     })
     .unwrap();
     let master = File::from(created.pty_master.take().unwrap());
@@ -1147,20 +1089,7 @@ fn exec_joins_running_container() {
     let fx = Fixture::new();
     let mut spec = fx.spec(&["sleep", "30"]);
     spec.set_hostname(Some("exec-host".into()));
-    let created = create(CreateOptions {
-        spec: &spec,
-        overlay: None,
-        cgroup_dirs: Vec::new(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
-    })
-    .unwrap();
+    let created = create(silent(&spec)).unwrap();
     let pid = created.pid;
     let _container = KillOnDrop(pid);
     created.start().unwrap();
@@ -1215,20 +1144,7 @@ fn exec_joins_running_container() {
 fn exec_now_runs_without_a_start_and_keeps_the_status_of_a_fast_exit() {
     let fx = Fixture::new();
     let spec = fx.spec(&["sleep", "30"]);
-    let created = create(CreateOptions {
-        spec: &spec,
-        overlay: None,
-        cgroup_dirs: Vec::new(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
-    })
-    .unwrap();
+    let created = create(silent(&spec)).unwrap();
     let pid = created.pid;
     let _container = KillOnDrop(pid);
     created.start().unwrap();
@@ -1333,17 +1249,8 @@ fn create_start_timing() {
         for _ in 0..20 {
             let t0 = Instant::now();
             let created = create(CreateOptions {
-                spec,
                 overlay,
-                cgroup_dirs: Vec::new(),
-                stdio: Stdio::Pipes {
-                    stdin: None,
-                    stdout: dev_null(),
-                    stderr: dev_null(),
-                },
-                oom_score_adj: None,
-                seccomp: None,
-                device_rules_installed: false,
+                ..silent(spec)
             })
             .unwrap();
             let t1 = Instant::now();
@@ -1433,20 +1340,7 @@ fn a_profile_denying_read_fails_the_start_clearly() {
         .as_mut()
         .unwrap()
         .set_seccomp(Some(deny_read));
-    let created = create(CreateOptions {
-        spec: &spec,
-        overlay: None,
-        cgroup_dirs: Vec::new(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
-    })
-    .unwrap();
+    let created = create(silent(&spec)).unwrap();
     let pid = created.pid;
     let err = created.start().unwrap_err();
     assert!(matches!(err, LaunchError::Exec(_)), "{err:?}");
@@ -1467,20 +1361,7 @@ fn exec_gets_the_containers_filter() {
         .as_mut()
         .unwrap()
         .set_seccomp(Some(default_seccomp(CRI_CAPS)));
-    let created = create(CreateOptions {
-        spec: &spec,
-        overlay: None,
-        cgroup_dirs: Vec::new(),
-        stdio: Stdio::Pipes {
-            stdin: None,
-            stdout: dev_null(),
-            stderr: dev_null(),
-        },
-        oom_score_adj: None,
-        seccomp: None,
-        device_rules_installed: false,
-    })
-    .unwrap();
+    let created = create(silent(&spec)).unwrap();
     let pid = created.pid;
     let _container = KillOnDrop(pid);
     let seccomp = created.seccomp.clone();
