@@ -1156,6 +1156,23 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program, SeccompError> {
     })
 }
 
+/// A profile that allows everything but `names`, which fail with EPERM (for tests).
+#[cfg(test)]
+pub(crate) fn profile_denying(names: &[&str]) -> LinuxSeccomp {
+    use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+    let rule = LinuxSyscallBuilder::default()
+        .names(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(1u32)
+        .build()
+        .expect("a valid syscall rule");
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .syscalls(vec![rule])
+        .build()
+        .expect("a valid profile")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

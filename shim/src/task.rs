@@ -1795,7 +1795,7 @@ mod tests {
     /// what it denies), and a damaged one fails the create, naming the file.
     #[test]
     fn the_compiled_seccomp_program_in_the_bundle_is_installed() {
-        use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+        use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder};
         let fx = Fixture::new();
         let pod_dir = fx.path("pod");
         std::fs::create_dir_all(&pod_dir).unwrap();
@@ -1805,16 +1805,7 @@ mod tests {
             .default_action(LinuxSeccompAction::ScmpActAllow)
             .build()
             .unwrap();
-        let deny_mkdir = LinuxSeccompBuilder::default()
-            .default_action(LinuxSeccompAction::ScmpActAllow)
-            .syscalls(vec![LinuxSyscallBuilder::default()
-                .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
-                .action(LinuxSeccompAction::ScmpActErrno)
-                .errno_ret(1u32)
-                .build()
-                .unwrap()])
-            .build()
-            .unwrap();
+        let deny_mkdir = crate::seccomp::profile_denying(&["mkdir", "mkdirat"]);
         let program = crate::seccomp::compile(&deny_mkdir).unwrap().to_bytes();
         let mut spec = fx.spec(&["sh", "-c", "mkdir /tmp/x 2>/dev/null; echo $?"]);
         spec.linux_mut()

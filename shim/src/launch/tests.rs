@@ -1323,19 +1323,9 @@ fn seccomp_filter_is_installed_last() {
 /// `read` (of the start pipe) fails the start with a message that says so, not silently.
 #[test]
 fn a_profile_denying_read_fails_the_start_clearly() {
-    use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
     let fx = Fixture::new();
     let mut spec = fx.spec(&["true"]);
-    let deny_read = LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .syscalls(vec![LinuxSyscallBuilder::default()
-            .names(vec!["read".to_string()])
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(1u32)
-            .build()
-            .unwrap()])
-        .build()
-        .unwrap();
+    let deny_read = crate::seccomp::profile_denying(&["read"]);
     spec.linux_mut()
         .as_mut()
         .unwrap()
