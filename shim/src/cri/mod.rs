@@ -3,6 +3,7 @@
 //! socket.
 
 mod alpha;
+pub mod authority;
 mod image;
 mod runtime;
 
@@ -44,7 +45,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let listener = bind(socket)?;
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |conn| conn.map(authority::AuthorityFix::new),
+    );
     tracing::info!(socket = %socket.display(), "serving CRI");
     tonic::transport::Server::builder()
         .layer(AlphaLayer)
