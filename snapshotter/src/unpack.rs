@@ -15,6 +15,7 @@
 //! For speed the last resolved parent directory is kept open (tar entries come grouped by
 //! directory), file data is copied through one 1 MiB buffer, and nothing is fsynced.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
@@ -75,45 +76,60 @@ pub fn unpack_layer<R: std::io::Read>(
     parents: &[std::path::PathBuf],
 ) -> crate::Result<UnpackStats> {
     let mut unpacker = Unpacker::new(root, parents)?;
+    let progress = Progress::default();
     let mut source = Source {
         inner: tar,
-        eof: false,
+        progress: &progress,
     };
     let outcome = {
         let mut archive = ::tar::Archive::new(&mut source);
-        unpacker.unpack_all(&mut archive)
+        unpacker.unpack_all(&mut archive, &progress)
     };
     let outcome = outcome.and_then(|()| source.drain().map_err(Failure::Read));
     if let Err(failure) = outcome {
-        return Err(failure.into_error(source.eof, root));
+        return Err(failure.into_error(progress.eof.get(), root));
     }
     unpacker.finish()?;
     Ok(unpacker.stats)
 }
 
-/// The layer reader, marking its errors (so they are told apart from tar format errors) and
-/// remembering whether it hit its end (so a tar error can be told to be a truncation).
-struct Source<R> {
-    inner: R,
-    eof: bool,
+/// How far the tar parser has read the layer, kept beside the reader it reads through.
+#[derive(Default)]
+struct Progress {
+    /// Bytes read.
+    pos: Cell<u64>,
+    /// Whether the reader hit its end.
+    eof: Cell<bool>,
 }
 
-impl<R: Read> Source<R> {
+/// The layer reader, marking its errors (so they are told apart from tar format errors) and
+/// counting what it read and whether it hit its end (so a tar error can be told to be a
+/// truncation, or the end of a tar whose writer left out the last padding).
+struct Source<'p, R> {
+    inner: R,
+    progress: &'p Progress,
+}
+
+impl<R: Read> Source<'_, R> {
     /// Reads what is left after the end-of-archive marker.
     fn drain(&mut self) -> io::Result<()> {
         io::copy(self, &mut io::sink()).map(drop)
     }
 }
 
-impl<R: Read> Read for Source<R> {
+impl<R: Read> Read for Source<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.inner.read(buf) {
                 Ok(0) if !buf.is_empty() => {
-                    self.eof = true;
+                    self.progress.eof.set(true);
                     return Ok(0);
                 }
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    let pos = &self.progress.pos;
+                    pos.set(pos.get() + n as u64);
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io::Error::new(e.kind(), SourceError(e))),
             }
@@ -210,14 +226,13 @@ fn as_path(bytes: &[u8]) -> &Path {
 }
 
 /// Normalizes a tar name into `out` (`a/b/c`, no `.`, no empty components, no trailing
-/// slash); the root itself becomes empty. Refuses absolute names and `..`.
+/// slash); the root itself becomes empty. A leading `/` or `./` names the same path below
+/// the layer's root, as containerd and Go's archive/tar based tools take it (some image
+/// builders write `/etc/passwd`, or `./etc/passwd`). Refuses `..`.
 fn normalize(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), &'static str> {
     out.clear();
     if raw.is_empty() {
         return Err("empty name");
-    }
-    if raw[0] == b'/' {
-        return Err("absolute name");
     }
     if raw.contains(&0) {
         return Err("name contains a NUL byte");
@@ -581,11 +596,27 @@ impl<'a> Unpacker<'a> {
         Error::io(context, self.root_path.join(as_path(name)), err.into())
     }
 
-    fn unpack_all<R: Read>(&mut self, archive: &mut ::tar::Archive<R>) -> Result<(), Failure> {
+    /// Unpacks every entry. A tar that ends right after the last entry's data (no padding
+    /// to the block, no end-of-archive blocks), as some image tools write them, ends there:
+    /// Go's archive/tar, which containerd and CRI-O read layers with, takes it so. A cut
+    /// anywhere else (in a header, in data, in padding) stays a truncation.
+    fn unpack_all<R: Read>(
+        &mut self,
+        archive: &mut ::tar::Archive<R>,
+        progress: &Progress,
+    ) -> Result<(), Failure> {
+        let mut data_end = None;
         for entry in archive.entries().map_err(Failure::Read)? {
-            let mut entry = entry.map_err(Failure::Read)?;
+            let mut entry = match entry {
+                Ok(entry) => entry,
+                Err(_) if progress.eof.get() && data_end == Some(progress.pos.get()) => {
+                    return Ok(());
+                }
+                Err(e) => return Err(Failure::Read(e)),
+            };
             self.stats.entries += 1;
             self.unpack_entry(&mut entry)?;
+            data_end = Some(entry.raw_file_position() + entry.size());
         }
         Ok(())
     }
@@ -1614,7 +1645,7 @@ mod tests {
         let cases: [(&[u8], &str); 6] = [
             (b"../escape", "`..`"),
             (b"a/../../escape", "`..`"),
-            (b"/abs", "absolute"),
+            (b"/../escape", "`..`"),
             (b"", "empty"),
             (b"a/.wh...", "whiteout"),
             (b".wh..", "whiteout"),
@@ -1634,6 +1665,78 @@ mod tests {
             .raw(EntryType::Symlink, b"./", b"x", b"")
             .finish();
         bad_content(unpack(&tar, root.path()), "root must be a directory");
+    }
+
+    #[test]
+    fn unpack_names_with_a_leading_slash_or_dot_slash_land_below_the_root() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let tar = Layer::new()
+            .raw(EntryType::Directory, b"/etc/", b"", b"")
+            .raw(
+                EntryType::Regular,
+                b"/etc/passwd",
+                b"",
+                b"root:x:0:0::/:/bin/sh\n",
+            )
+            .raw(EntryType::Regular, b"./etc/group", b"", b"root:x:0:\n")
+            .raw(EntryType::Regular, b"//etc//hosts", b"", b"h")
+            .raw(EntryType::Link, b"./etc/passwd-", b"/etc/passwd", b"")
+            .raw(EntryType::Link, b"/etc/group-", b"./etc/group", b"")
+            .finish();
+        unpack(&tar, &root).unwrap();
+        assert_eq!(
+            std::fs::read(root.join("etc/passwd")).unwrap(),
+            b"root:x:0:0::/:/bin/sh\n"
+        );
+        assert_eq!(
+            std::fs::read(root.join("etc/group")).unwrap(),
+            b"root:x:0:\n"
+        );
+        assert_eq!(std::fs::read(root.join("etc/hosts")).unwrap(), b"h");
+        let ino = |p: &str| meta(&root.join(p)).ino();
+        assert_eq!(ino("etc/passwd-"), ino("etc/passwd"));
+        assert_eq!(ino("etc/group-"), ino("etc/group"));
+        // Nothing outside the root.
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn unpack_takes_a_tar_cut_right_after_its_last_data() {
+        let full = Layer::new()
+            .file("a", &[7u8; 700])
+            .file("b", b"last")
+            .finish();
+        // Entries: a's header at 0, its data 512..1212, padded to 1536; b's header at
+        // 1536, its data at 2048..2052, padded to 2560; two zero blocks.
+        let cases = [
+            (2560, true),  // no end-of-archive blocks
+            (2052, true),  // and no padding after the last data
+            (2051, false), // in the last data
+            (2100, false), // in the padding
+            (1800, false), // in a header
+        ];
+        for (cut, whole) in cases {
+            let root = tempfile::tempdir().unwrap();
+            let result = unpack(&full[..cut], root.path());
+            if whole {
+                result.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+                assert_eq!(std::fs::read(root.path().join("b")).unwrap(), b"last");
+                assert_eq!(std::fs::read(root.path().join("a")).unwrap(), [7u8; 700]);
+            } else {
+                bad_content(result, "truncated");
+            }
+        }
+        // A digest mismatch the reader reports at its end still wins.
+        let root = tempfile::tempdir().unwrap();
+        let failing = Failing {
+            data: std::io::Cursor::new(full[..2052].to_vec()),
+            err: Some(Box::new(|| {
+                io::Error::other(Error::BadContent("digest mismatch".into()))
+            })),
+        };
+        bad_content(unpack_layer(failing, root.path(), &[]), "digest mismatch");
     }
 
     #[test]
@@ -1705,8 +1808,9 @@ mod tests {
 
     #[test]
     fn unpack_rejects_hard_link_escapes() {
-        let cases: [(&[u8], &str); 5] = [
-            (b"/etc/passwd", "absolute"),
+        let cases: [(&[u8], &str); 6] = [
+            (b"/etc/passwd", "not in the layer"),
+            (b"/../x", "`..`"),
             (b"../x", "`..`"),
             (b"missing", "not in the layer"),
             (b"dir", "directory"),
@@ -1776,8 +1880,9 @@ mod tests {
             .file("a", &[7u8; 5000])
             .file("b", b"b")
             .finish();
-        // Mid data of a, mid the header of b, mid data padding.
-        for cut in [512 + 100, 512 * 11 + 100, 512 * 12 + 1] {
+        // Mid data of a, mid the header of b, mid the padding after b's data (a cut right
+        // after it is a whole tar: unpack_takes_a_tar_cut_right_after_its_last_data).
+        for cut in [512 + 100, 512 * 11 + 100, 512 * 12 + 2] {
             let root = tempfile::tempdir().unwrap();
             bad_content(unpack(&tar[..cut], root.path()), "truncated");
         }
