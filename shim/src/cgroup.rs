@@ -115,8 +115,9 @@ pub enum CgroupError {
     /// A control file held something we could not parse.
     #[error("parse {}: {reason}", path.display())]
     Parse { path: PathBuf, reason: String },
-    /// A limit was asked for but its controller is not available for this cgroup.
-    #[error("cgroup {cgroup}: controller {controller} is not available, cannot set {file}")]
+    /// A limit's file is absent from a controller the cgroup has (a hugepage size the
+    /// kernel does not support, say).
+    #[error("cgroup {cgroup}: controller {controller} has no {file}: the kernel does not support this limit")]
     ControllerMissing {
         cgroup: String,
         controller: String,
@@ -159,13 +160,6 @@ pub enum Layout {
     V2 { root: PathBuf },
 }
 
-/// One line of /proc/self/mountinfo, the fields we need.
-struct MountEntry {
-    mount_point: PathBuf,
-    fstype: String,
-    super_options: String,
-}
-
 impl Layout {
     /// Reads /proc/self/mountinfo and works out the layout.
     pub fn detect() -> Result<Layout> {
@@ -187,7 +181,7 @@ impl Layout {
         let mut mounts = BTreeMap::new();
         let mut v2_mounts = Vec::new();
         let mut root_is_v2 = false;
-        for entry in mountinfo.lines().filter_map(parse_mountinfo_line) {
+        for entry in mountinfo.lines().filter_map(crate::mountinfo::parse_line) {
             if entry.mount_point == Path::new(CGROUP_ROOT) {
                 // A later mount on the same point hides the earlier one.
                 root_is_v2 = entry.fstype == "cgroup2";
@@ -271,49 +265,6 @@ impl Layout {
             Layout::V2 { root } => vec![root.clone()],
         }
     }
-}
-
-/// Splits one mountinfo line: `id parent dev root mount-point options [optional...] -
-/// fstype source super-options`.
-fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
-    let (left, right) = line.split_once(" - ")?;
-    let mount_point = left.split(' ').nth(4)?;
-    let mut right = right.split(' ');
-    let fstype = right.next()?.to_string();
-    let _source = right.next()?;
-    let super_options = right.next().unwrap_or("").to_string();
-    Some(MountEntry {
-        mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
-        fstype,
-        super_options,
-    })
-}
-
-/// Undoes the octal escapes (`\040` for a space) the kernel uses in mountinfo paths.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if let Some(value) = octal_escape(&bytes[i..]) {
-            out.push(value);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The byte of a `\\NNN` escape at the start of `bytes`, if there is one.
-fn octal_escape(bytes: &[u8]) -> Option<u8> {
-    let [b'\\', a, b, c, ..] = *bytes else {
-        return None;
-    };
-    let digit = |d: u8| (b'0'..=b'7').contains(&d).then(|| u32::from(d - b'0'));
-    let value = digit(a)? * 64 + digit(b)? * 8 + digit(c)?;
-    u8::try_from(value).ok()
 }
 
 /// The controllers (and `name=` hierarchies) named in a v1 mount's super options.
@@ -550,15 +501,15 @@ impl Cgroup {
         }
     }
 
-    /// Where a setting goes: None when its file is absent and the setting is optional.
+    /// Where a setting goes. None when the node lacks its controller (no v1 hierarchy, or
+    /// not available to this cgroup2 dir): as runc does, such a limit is skipped with a
+    /// debug line, since kubelet sends some (hugetlb) for every container whatever the
+    /// node has. None too when the file is absent and the setting is optional. A file
+    /// absent from a controller the node has (a hugepage size the kernel lacks) is an
+    /// error, as is a value the kernel refuses.
     fn setting_path(&self, s: &Setting) -> Result<Option<PathBuf>> {
-        let missing = || CgroupError::ControllerMissing {
-            cgroup: self.name.clone(),
-            controller: s.controller.to_string(),
-            file: s.file.clone(),
-        };
         let Some(dir) = self.controller_dir(s.controller) else {
-            return if s.optional { Ok(None) } else { Err(missing()) };
+            return Ok(self.skip_missing_controller(s));
         };
         if !dir.is_dir() {
             return Err(self.not_found(&dir));
@@ -571,7 +522,25 @@ impl Cgroup {
             tracing::debug!(cgroup = %self.name, file = %s.file, "optional cgroup file absent, skipped");
             return Ok(None);
         }
-        Err(missing())
+        if matches!(self.layout, Layout::V2 { .. }) && !v2_controller_available(&dir, s.controller)
+        {
+            return Ok(self.skip_missing_controller(s));
+        }
+        Err(CgroupError::ControllerMissing {
+            cgroup: self.name.clone(),
+            controller: s.controller.to_string(),
+            file: s.file.clone(),
+        })
+    }
+
+    fn skip_missing_controller(&self, s: &Setting) -> Option<PathBuf> {
+        tracing::debug!(
+            cgroup = %self.name,
+            controller = s.controller,
+            file = %s.file,
+            "the node has no such cgroup controller: limit skipped"
+        );
+        None
     }
 
     fn write_setting(&self, s: &Setting) -> Result<()> {
@@ -1299,6 +1268,16 @@ fn controllers_on(dir: &Path) -> bool {
         .all(|c| enabled.contains(c))
 }
 
+/// v2: whether `controller` is available to the cgroup at `dir` (listed in its
+/// `cgroup.controllers`; an unreadable list counts as available, so the caller reports
+/// the missing file).
+fn v2_controller_available(dir: &Path, controller: &str) -> bool {
+    match read_opt(&dir.join("cgroup.controllers")) {
+        Ok(Some(list)) => list.split_whitespace().any(|c| c == controller),
+        _ => true,
+    }
+}
+
 /// v2: enables the controllers cairn uses in `dir`'s `cgroup.subtree_control`, those
 /// that `cgroup.controllers` offers and are not on yet. Failures are logged, not fatal:
 /// a limit that then cannot be set fails in `apply` with the file named.
@@ -1687,13 +1666,6 @@ mod tests {
         assert!(Layout::detect().is_ok());
     }
 
-    #[test]
-    fn mountinfo_unescapes_octal() {
-        assert_eq!(unescape_mountinfo(r"/a\040b\011c\134d"), "/a b\tc\\d");
-        assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
-        assert_eq!(unescape_mountinfo(r"/not\999octal"), r"/not\999octal");
-    }
-
     // ---- paths and plans ----------------------------------------------------------------
 
     #[test]
@@ -2009,6 +1981,13 @@ mod tests {
         );
         let message = err.to_string();
         assert!(message.contains("hugetlb.1GB.max") && message.contains("kubepods/pod1/ctr1"));
+        // No hugetlb controller for this cgroup at all: skipped, as runc does.
+        fs::write(
+            dir.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        cg.apply(&gigantic).unwrap();
 
         // Unified keys may not leave the directory.
         for key in ["../memory.max", "memory/../../x.max"] {
@@ -2144,22 +2123,20 @@ mod tests {
         assert_eq!(read("pids", "pids.max"), "20");
         assert_eq!(read("cpuset", "cpuset.cpus"), "0");
 
-        // A hugepage limit on a node without the hugetlb hierarchy is a clear error.
+        // A hugepage limit on a node without the hugetlb hierarchy is skipped (kubelet
+        // sends one for every container), the other limits applied.
         if layout.v1_mount("hugetlb").is_none() {
             let huge = LinuxResourcesBuilder::default()
                 .hugepage_limits(vec![LinuxHugepageLimitBuilder::default()
                     .page_size("2MB")
-                    .limit(2 * MIB)
+                    .limit(0)
                     .build()
                     .unwrap()])
+                .pids(LinuxPidsBuilder::default().limit(21).build().unwrap())
                 .build()
                 .unwrap();
-            let err = cg.apply(&huge).unwrap_err();
-            assert!(
-                matches!(err, CgroupError::ControllerMissing { .. }),
-                "{err}"
-            );
-            assert!(err.to_string().contains("hugetlb.2MB.limit_in_bytes"));
+            cg.apply(&huge).unwrap();
+            assert_eq!(read("pids", "pids.max"), "21");
         }
 
         guard.children.push(spawn_held("exec sleep 30"));

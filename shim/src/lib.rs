@@ -11,6 +11,7 @@ pub mod crilog;
 pub mod devfilter;
 pub mod execsync;
 pub mod launch;
+pub mod mountinfo;
 pub mod podns;
 pub mod runtime;
 pub mod seccomp;
