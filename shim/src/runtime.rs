@@ -959,6 +959,7 @@ impl Runtime {
         let mut oci = spec::build_spec(&pod_ctx, &cctx).map_err(|e| match e {
             spec::SpecError::NotFound(m) => Status::not_found(m),
             spec::SpecError::InvalidArgument(m) => Status::invalid_argument(m),
+            spec::SpecError::FailedPrecondition(m) => Status::failed_precondition(m),
             other => internal(other),
         })?;
         if let Some(u) = oci.process().as_ref().map(|p| p.user()) {
@@ -1264,9 +1265,16 @@ impl Runtime {
         }
     }
 
+    /// Stops a container (its stop signal, then SIGKILL after `timeout` seconds);
+    /// idempotent: a container already stopped, removed or never known answers OK, as
+    /// kubelet retries the call.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Status> {
         let Some(rec) = self.find_container(id)? else {
-            return Err(Status::not_found(format!("container {id} not found")));
+            tracing::debug!(
+                container = id,
+                "StopContainer: no such container, nothing to do"
+            );
+            return Ok(());
         };
         if rec.state != cri::ContainerState::ContainerRunning as i32
             && rec.state != cri::ContainerState::ContainerCreated as i32
@@ -1923,20 +1931,18 @@ fn namespace_mode(
         .unwrap_or(cri::NamespaceMode::Pod)
 }
 
+/// The pod's hostname: the node's for a host-network pod and, as containerd and CRI-O do,
+/// for a pod that asks for none; else the one it asks for (checked by
+/// `spec::validate_sandbox`).
 fn pod_hostname(config: &cri::PodSandboxConfig) -> String {
-    if namespace_mode(config, |o| o.network) == cri::NamespaceMode::Node {
-        return nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".into());
-    }
-    if !config.hostname.is_empty() {
+    if namespace_mode(config, |o| o.network) != cri::NamespaceMode::Node
+        && !config.hostname.is_empty()
+    {
         return config.hostname.clone();
     }
-    config
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
 }
 

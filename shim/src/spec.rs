@@ -152,6 +152,10 @@ pub enum SpecError {
     /// Something the request names (a host device) does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The node is not set up for what the request asks (a volume source on a mount that
+    /// does not propagate, for a propagating mount).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
     /// A file could not be read or created.
     #[error("{context} {}: {source}", path.display())]
     Io {
@@ -575,6 +579,14 @@ fn requested_user(c: &ContainerContext, who: &str) -> Result<(Option<Id>, Option
         Some(g) => Some(Id::Num(to_id(g.value, who, "run_as_group")?)),
         None => None,
     };
+    let named = sc.is_some_and(|s| s.run_as_user.is_some() || !s.run_as_username.is_empty());
+    if group.is_some() && !named {
+        // As containerd and CRI-O: a group says nothing without the user it is for.
+        return Err(invalid(
+            who,
+            "run_as_group is set without run_as_user or run_as_username",
+        ));
+    }
     if let Some(u) = sc.and_then(|s| s.run_as_user.as_ref()) {
         return Ok((Some(Id::Num(to_id(u.value, who, "run_as_user")?)), group));
     }
@@ -968,6 +980,40 @@ fn bind_source(host_path: &str, who: &str, dest: &str) -> Result<PathBuf, SpecEr
         .map_err(|e| SpecError::io(format!("{who}: resolve mount source"), path, e))
 }
 
+/// A propagating mount needs a source that propagates: for `rshared` (BIDIRECTIONAL) one on
+/// a shared mount, for `rslave` (HOST_TO_CONTAINER) on a shared or slave mount; else the
+/// mounts a user expects to see would silently not appear. containerd refuses these too.
+fn check_source_propagates(
+    source: &Path,
+    prop: &str,
+    who: &str,
+    dest: &str,
+) -> Result<(), SpecError> {
+    let table = crate::mountinfo::read()
+        .map_err(|e| SpecError::io(format!("{who}: read"), Path::new("/proc/self/mountinfo"), e))?;
+    let Some(mount) = crate::mountinfo::mount_of(&table, source) else {
+        return Ok(());
+    };
+    let ok = match prop {
+        "rshared" => mount.is_shared(),
+        _ => mount.is_shared() || mount.is_slave(),
+    };
+    if ok {
+        return Ok(());
+    }
+    let (mode, needs) = match prop {
+        "rshared" => ("bidirectional", "a shared mount"),
+        _ => ("host-to-container", "a shared or slave mount"),
+    };
+    Err(SpecError::FailedPrecondition(format!(
+        "{who}: mount {dest}: {mode} propagation needs its source {} on {needs}, but {} is \
+         mounted private (make it shared, e.g. `mount --make-rshared {}`, as systemd does for /)",
+        source.display(),
+        mount.mount_point.display(),
+        mount.mount_point.display()
+    )))
+}
+
 /// The CRI mounts as OCI bind mounts, parents before children.
 fn cri_mounts(config: &cri::ContainerConfig, who: &str) -> Result<Vec<(String, Mount)>, SpecError> {
     let mut out = Vec::new();
@@ -1002,6 +1048,9 @@ fn cri_mounts(config: &cri::ContainerConfig, who: &str) -> Result<Vec<(String, M
             ));
         }
         let source = bind_source(&m.host_path, who, &dest)?;
+        if prop != "rprivate" {
+            check_source_propagates(&source, prop, who, &dest)?;
+        }
         let access = match (m.readonly, m.recursive_read_only) {
             (true, true) => "rro",
             (true, false) => "ro",
@@ -1340,11 +1389,12 @@ fn requested_profile(
     }
 }
 
-/// The container's seccomp profile. None for privileged containers and Unconfined; cairn's
-/// RuntimeDefault ([`crate::seccomp::default_profile`] for the container's capabilities)
-/// when asked for, and also when nothing is said (kubelet always says: this is for clients
-/// that do not); a Localhost profile is read, checked and compiled now, so that a missing or
-/// malformed file is an invalid request.
+/// The container's seccomp profile. None for privileged containers, for Unconfined and when
+/// nothing is said (CRI defines no profile as unconfined, and containerd and CRI-O run such
+/// containers so; kubelet says RuntimeDefault when the pod or the node's `seccompDefault`
+/// asks for it); cairn's RuntimeDefault ([`crate::seccomp::default_profile`] for the
+/// container's capabilities) when asked for; a Localhost profile is read, checked and
+/// compiled now, so that a missing or malformed file is an invalid request.
 fn seccomp_profile(
     sc: Option<&cri::LinuxContainerSecurityContext>,
     privileged: bool,
@@ -1361,7 +1411,7 @@ fn seccomp_profile(
     if privileged {
         return Ok(None);
     }
-    let profile = match requested.unwrap_or(Profile::RuntimeDefault) {
+    let profile = match requested.unwrap_or(Profile::Unconfined) {
         Profile::Unconfined => return Ok(None),
         Profile::RuntimeDefault => crate::seccomp::default_profile(caps),
         Profile::Localhost(path) => localhost_seccomp(&path, caps, who)?,
@@ -1778,6 +1828,7 @@ pub fn validate_sandbox(config: &cri::PodSandboxConfig) -> Result<(), SpecError>
         Some(m) => format!("pod sandbox \"{}/{}\"", m.namespace, m.name),
         None => "pod sandbox".to_string(),
     };
+    check_hostname(&config.hostname, &who)?;
     let linux = config.linux.as_ref();
     let sc = linux.and_then(|l| l.security_context.as_ref());
     let ns = sc.and_then(|s| s.namespace_options.as_ref());
@@ -1809,6 +1860,29 @@ pub fn validate_sandbox(config: &cri::PodSandboxConfig) -> Result<(), SpecError>
     }
     check_apparmor(s.apparmor.as_ref(), "", &who)?;
     check_selinux(s.selinux_options.as_ref(), &who)
+}
+
+/// The longest hostname the kernel takes (`HOST_NAME_MAX`).
+const HOST_NAME_MAX: usize = 64;
+
+/// A pod's hostname must fit the kernel's UTS name (empty means the node's, see
+/// `runtime::pod_hostname`); kubelet already keeps it to a DNS label.
+fn check_hostname(hostname: &str, who: &str) -> Result<(), SpecError> {
+    if hostname.len() > HOST_NAME_MAX {
+        return Err(SpecError::InvalidArgument(format!(
+            "{who}: hostname {hostname:?} is {} bytes long, the kernel takes at most {HOST_NAME_MAX}",
+            hostname.len()
+        )));
+    }
+    if hostname
+        .bytes()
+        .any(|b| b == 0 || b == b'/' || b.is_ascii_whitespace())
+    {
+        return Err(SpecError::InvalidArgument(format!(
+            "{who}: hostname {hostname:?} holds a NUL, slash or white space"
+        )));
+    }
+    Ok(())
 }
 
 /// The cgroup resources of a running container's new limits (UpdateContainerResources),
@@ -2523,10 +2597,14 @@ mod tests {
         sc.run_as_username = "alice".into();
         assert_eq!(user_of(&f).unwrap(), (1500, 1000, vec![1000, 2000, 3000]));
 
-        // run_as_group alone applies to the image's user.
+        // run_as_group without a user is refused, as by containerd and CRI-O.
         f.sc().run_as_username.clear();
         f.sc().run_as_group = Some(cri::Int64Value { value: 5 });
-        assert_eq!(user_of(&f).unwrap(), (1001, 5, vec![5, 2000]));
+        let msg = err_msg(user_of(&f));
+        assert!(
+            msg.contains("run_as_group is set without run_as_user"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -2877,15 +2955,44 @@ mod tests {
         }
     }
 
+    /// A tmpfs mounted at a path with the given propagation (MS_SHARED, MS_PRIVATE),
+    /// unmounted on drop.
+    struct TestMount(PathBuf);
+
+    impl TestMount {
+        fn new(path: &Path, propagation: nix::mount::MsFlags) -> TestMount {
+            use nix::mount::{mount, MsFlags};
+            fs::create_dir_all(path).unwrap();
+            mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+            let guard = TestMount(path.to_path_buf());
+            mount(None::<&str>, path, None::<&str>, propagation, None::<&str>).unwrap();
+            guard
+        }
+    }
+
+    impl Drop for TestMount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
     #[test]
     fn cri_mounts_propagation_order_and_cover() {
         use cri::MountPropagation::*;
         let mut f = Fixture::new();
+        // Propagating mounts need a source on a shared mount.
+        let _shared = TestMount::new(&f.path("host"), nix::mount::MsFlags::MS_SHARED);
         let data = f.path("host/data");
         let nested = f.path("host/nested");
         let hosts = f.path("host/etc-hosts");
         fs::create_dir_all(&data).unwrap();
-        fs::create_dir_all(f.path("host")).unwrap();
         fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
         std::os::unix::fs::symlink(&data, f.path("host/link")).unwrap();
         f.config.mounts = vec![
@@ -2945,6 +3052,63 @@ mod tests {
                 .as_deref(),
             Some("rslave")
         );
+    }
+
+    #[test]
+    fn propagating_mounts_need_a_source_that_propagates() {
+        use cri::MountPropagation::*;
+        let mut f = Fixture::new();
+        let _private = TestMount::new(&f.path("private"), nix::mount::MsFlags::MS_PRIVATE);
+        let _slave = TestMount::new(&f.path("shared"), nix::mount::MsFlags::MS_SHARED);
+        let slave_dir = f.path("slave");
+        fs::create_dir_all(&slave_dir).unwrap();
+        // A slave of the shared mount: bind it, then make the bind a slave.
+        nix::mount::mount(
+            Some(&f.path("shared")),
+            &slave_dir,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let _slave_guard = TestMount(slave_dir.clone());
+        nix::mount::mount(
+            None::<&str>,
+            &slave_dir,
+            None::<&str>,
+            nix::mount::MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .unwrap();
+        let cases = [
+            (
+                "private",
+                PropagationBidirectional,
+                Some("bidirectional propagation"),
+            ),
+            (
+                "private",
+                PropagationHostToContainer,
+                Some("host-to-container"),
+            ),
+            ("private", PropagationPrivate, None),
+            ("slave", PropagationBidirectional, Some("a shared mount")),
+            ("slave", PropagationHostToContainer, None),
+            ("shared", PropagationBidirectional, None),
+        ];
+        for (dir, prop, refused) in cases {
+            f.config.mounts = vec![cri_mount("/v", &f.path(dir), false, prop)];
+            match (f.build(), refused) {
+                (Ok(_), None) => {}
+                (Err(SpecError::FailedPrecondition(m)), Some(why)) => {
+                    assert!(
+                        m.contains(why) && m.contains("mount /v"),
+                        "{dir} {prop:?}: {m}"
+                    );
+                }
+                (other, _) => panic!("{dir} {prop:?}: {:?}", other.map(|_| ())),
+            }
+        }
     }
 
     #[test]
@@ -3492,11 +3656,12 @@ mod tests {
                 .clone()
                 .unwrap()
         };
-        // Nothing said, and RuntimeDefault: cairn's default for the container's capabilities.
+        // Nothing said: unconfined, as CRI defines it.
         let mut f = Fixture::new();
         let spec = f.build().unwrap();
+        assert_eq!(seccomp_of(&spec), None);
+        // RuntimeDefault: cairn's default for the container's capabilities.
         let want = crate::seccomp::default_profile(&caps(&spec));
-        assert_eq!(seccomp_of(&spec), Some(want.clone()));
         f.sc().seccomp = profile(RuntimeDefault, "");
         assert_eq!(seccomp_of(&f.build().unwrap()), Some(want));
         // Capabilities shape it: CAP_SYS_ADMIN allows mount.

@@ -535,28 +535,22 @@ impl ImageService {
         }
     }
 
-    /// Removes an image by ID or digest reference (all its references go), or one tag
-    /// (the image goes with its last tag). Removing what is not there is not an error,
-    /// as kubelet retries removals.
+    /// Removes the image `name` (an ID, a tag or a digest reference) names, with every
+    /// reference to it (its other tags, in any registry, and its digests), as containerd's
+    /// CRI does: kubelet's image GC and critest expect the image gone. Removing what is
+    /// not there is not an error, as kubelet retries removals.
     pub async fn remove(&self, name: &str) -> Result<()> {
         let _gc = self.gc.write().await;
-        if let Some(id) = self.resolve_id(name)? {
-            self.store.remove_image(&id)?;
-            return self.collect_garbage();
-        }
-        let r = Reference::parse(name)?;
-        let Some(id) = self.store.resolve_ref(&r.to_string())? else {
+        let id = match self.resolve_id(name)? {
+            Some(id) => Some(id),
+            None => self
+                .store
+                .resolve_ref(&Reference::parse(name)?.to_string())?,
+        };
+        let Some(id) = id else {
             return Ok(());
         };
-        if r.digest().is_some() {
-            self.store.remove_image(&id)?;
-        } else {
-            self.store.remove_refs(&[r.to_string()])?;
-            let tags_left = self.store.refs_of(&id)?.iter().any(|x| !x.contains('@'));
-            if !tags_left {
-                self.store.remove_image(&id)?;
-            }
-        }
+        self.store.remove_image(&id)?;
         self.collect_garbage()
     }
 

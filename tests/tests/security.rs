@@ -184,6 +184,14 @@ fn sc(c: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
         .get_or_insert_with(Default::default)
 }
 
+/// A container config with the RuntimeDefault seccomp profile, as kubelet sends with
+/// `seccompDefault` or a pod's `RuntimeDefault` (CRI's default is unconfined).
+fn confined(node: &Node, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    let mut c = node.container_config(name, cmd);
+    sc(&mut c).seccomp = profile(cri::security_profile::ProfileType::RuntimeDefault, "");
+    c
+}
+
 fn profile(kind: cri::security_profile::ProfileType, r: &str) -> Option<cri::SecurityProfile> {
     Some(cri::SecurityProfile {
         profile_type: kind as i32,
@@ -290,7 +298,8 @@ async fn a_default_container_cannot_escape() {
         ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
     ]);
     let jail = node.run_pod_with(&mut rt, config, "").await;
-    let id = node.run(&mut rt, &jail, "jailed", &["sleep", "300"]).await;
+    let jailed = confined(&node, "jailed", &["sleep", "300"]);
+    let id = node.run_config(&mut rt, &jail, jailed).await;
 
     // Seccomp filter on, default capabilities, no_new_privs off.
     assert_eq!(proc_status(&mut rt, &id).await, (2, 0, DEFAULT_CAP_EFF));
@@ -510,7 +519,9 @@ async fn privileges_follow_the_security_context() {
         let runc_pod = node
             .run_pod_with(&mut rt, node.pod_config("privs-runc"), "runc")
             .await;
-        let id = node.run(&mut rt, &runc_pod, "runc", &sleep).await;
+        let id = node
+            .run_config(&mut rt, &runc_pod, confined(&node, "runc", &sleep))
+            .await;
         assert_eq!(proc_status(&mut rt, &id).await, (2, 0, DEFAULT_CAP_EFF));
         let out = exec_out(&mut rt, &id, &["probe"]).await;
         let seen = fields(&out);
@@ -522,7 +533,7 @@ async fn privileges_follow_the_security_context() {
 
     // no_new_privs: a setuid-root binary gives a user nothing; without it, it does.
     for (nnp, euid) in [(true, "1000"), (false, "0")] {
-        let mut c = node.container_config(&format!("nnp-{nnp}"), &sleep);
+        let mut c = confined(&node, &format!("nnp-{nnp}"), &sleep);
         sc(&mut c).run_as_user = Some(cri::Int64Value { value: 1000 });
         sc(&mut c).no_new_privs = nnp;
         let id = node.run_config(&mut rt, &pod, c).await;
@@ -551,6 +562,10 @@ async fn privileges_follow_the_security_context() {
             "a privileged container's devices are not filtered"
         );
     }
+
+    // No profile said: unconfined, as CRI defines it (and containerd and CRI-O run it).
+    let id = node.run(&mut rt, &pod, "unsaid", &sleep).await;
+    assert_eq!(proc_status(&mut rt, &id).await, (0, 0, DEFAULT_CAP_EFF));
 
     // Unconfined: the same calls reach the kernel, which answers for itself.
     let mut c = node.container_config("unconfined", &sleep);

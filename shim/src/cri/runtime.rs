@@ -318,16 +318,22 @@ impl RuntimeService for RuntimeApi {
             .into_iter()
             .map(|(name, builtin)| cri::RuntimeHandler {
                 name,
+                // What kubelet (≥ 1.30) and critest enable from here: the built-in
+                // launcher mounts "rro" binds and runs user-namespaced pods over idmapped
+                // layers; an external OCI runtime gets neither from cairn.
                 features: Some(cri::RuntimeHandlerFeatures {
-                    // The built-in launcher mounts "rro" binds; runc 1.1 cannot.
                     recursive_read_only_mounts: builtin,
-                    user_namespaces: false,
+                    user_namespaces: builtin,
                 }),
             })
             .collect();
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             runtime_handlers,
+            // SupplementalGroupsPolicy (Merge, Strict) and ContainerStatus.user.
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
             ..Default::default()
         }))
     }
