@@ -20,7 +20,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::plan::{
     v2_join, CgroupBind, CgroupJoin, ContainerPlan, DevicePlan, ExecPlan, MountKind, MountPlan,
-    NsJoin, ProcessPlan, UsernsPlan, BIND_REMOUNT_FLAGS,
+    NsJoin, ProcessPlan, RootfsPlan, UsernsPlan, BIND_REMOUNT_FLAGS,
 };
 use super::sys::{self, cvt, FdPath};
 
@@ -208,8 +208,7 @@ fn premount(plan: &ContainerPlan<'_>, userns: &UsernsPlan) -> Result<Premounted,
     // SAFETY: unshare with a CLONE_NEW* flag only.
     cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })
         .ctx(|| "creating the mount namespace that prepares the rootfs".into())?;
-    sys::mount(None, c"/", None, libc::MS_REC | rootfs.propagation, None)
-        .ctx(|| "setting the propagation of the rootfs mount namespace".into())?;
+    set_tree_propagation(rootfs)?;
     for (path, shown) in &userns.idmap {
         sys::idmap_in_place(path, userns.join.fd.as_raw_fd()).map_err(|e| {
             Fail(format!(
@@ -450,6 +449,30 @@ fn mount_rootfs(
         .ctx(|| format!("opening the rootfs {}", rootfs.display.display()))
 }
 
+/// Sets the propagation of the new mount namespace's tree (recursively private or slave),
+/// or, for a shared rootfs, leaves it as the host has it and makes private only the mount
+/// that holds the rootfs path (the first of its ancestors that is a mount point:
+/// MS_PRIVATE on a directory that is none fails with EINVAL), as runc does.
+fn set_tree_propagation(rootfs: &RootfsPlan<'_>) -> Result<(), Fail> {
+    if rootfs.propagation != 0 {
+        return sys::mount(None, c"/", None, libc::MS_REC | rootfs.propagation, None)
+            .ctx(|| "setting the propagation of the container's mount tree".into());
+    }
+    for parent in &rootfs.parents {
+        match sys::mount(None, parent, None, libc::MS_PRIVATE, None) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+            Err(e) => {
+                return Err(e).ctx(|| format!("making the mount of {parent:?} private"));
+            }
+        }
+    }
+    Err(Fail(format!(
+        "no mount holds the rootfs {}",
+        rootfs.display.display()
+    )))
+}
+
 /// Mount namespace, root filesystem, /dev, pivot_root, masked and readonly paths, sysctls,
 /// hostname.
 fn setup_container(
@@ -460,8 +483,7 @@ fn setup_container(
     // SAFETY: umask cannot fail. Device nodes and mount points get exactly their modes.
     unsafe { libc::umask(0) };
     let rootfs = &plan.rootfs;
-    sys::mount(None, c"/", None, libc::MS_REC | rootfs.propagation, None)
-        .ctx(|| "setting the propagation of the container's mount tree".into())?;
+    set_tree_propagation(rootfs)?;
     let root = mount_rootfs(plan, premounted)?;
     for (i, m) in plan.mounts.iter().enumerate() {
         let trees = premounted
@@ -479,7 +501,10 @@ fn setup_container(
     // SAFETY: fchdir on a directory descriptor we hold.
     cvt(unsafe { libc::fchdir(root.as_raw_fd()) }).ctx(|| "entering the rootfs".into())?;
     drop(root);
-    sys::pivot_to_cwd().ctx(|| format!("pivot_root to {}", rootfs.display.display()))?;
+    // In a tree left shared, the old root is made a slave before it is detached, so the
+    // detach cannot propagate to the host's mounts.
+    sys::pivot_to_cwd(rootfs.propagation == 0)
+        .ctx(|| format!("pivot_root to {}", rootfs.display.display()))?;
     // From here on, paths are inside the container.
     for s in &plan.sysctls {
         sys::write_file(&s.path, &s.value).ctx(|| format!("setting sysctl {}", s.key))?;

@@ -151,8 +151,14 @@ pub(super) struct RootfsPlan<'a> {
     pub(super) display: PathBuf,
     pub(super) overlay: Option<&'a OverlayMount>,
     pub(super) readonly: bool,
-    /// MS_PRIVATE or MS_SLAVE, applied recursively to the whole tree before mounting.
+    /// MS_PRIVATE or MS_SLAVE, applied recursively to the whole tree before mounting; 0
+    /// for a shared rootfs, whose tree is left as the host has it so that binds of the
+    /// host's shared mounts join their peer groups (bidirectional volumes), as runc does.
     pub(super) propagation: c_ulong,
+    /// With `propagation` 0: the rootfs path's ancestors, nearest first. The first that
+    /// is a mount point (the mount holding the rootfs) is made private before the rootfs
+    /// is mounted, so that the container's own mounts never reach the host.
+    pub(super) parents: Vec<CString>,
     /// MS_SHARED or MS_UNBINDABLE, applied recursively to the new root at the end.
     pub(super) final_propagation: Option<c_ulong>,
 }
@@ -752,11 +758,20 @@ fn rootfs_plan<'a>(
     let (propagation, final_propagation) = match propagation.unwrap_or("") {
         "" | "private" | "rprivate" => (libc::MS_PRIVATE, None),
         "slave" | "rslave" => (libc::MS_SLAVE, None),
-        "shared" | "rshared" => (libc::MS_SLAVE, Some(libc::MS_SHARED)),
+        "shared" | "rshared" => (0, Some(libc::MS_SHARED)),
         "unbindable" | "runbindable" => (libc::MS_PRIVATE, Some(libc::MS_UNBINDABLE)),
         other => return Err(invalid(format!("unknown rootfsPropagation {other:?}"))),
     };
+    let parents = match propagation {
+        0 => path
+            .ancestors()
+            .skip(1)
+            .map(|p| path_cstring(p, "root path"))
+            .collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
     Ok(RootfsPlan {
+        parents,
         path: path_cstring(path, "root path")?,
         display: path.clone(),
         overlay,

@@ -481,11 +481,23 @@ pub(super) fn idmap_in_place(path: &CStr, userns: RawFd) -> io::Result<()> {
 }
 
 /// `pivot_root(".", ".")` then detach the old root stacked on the new one; the calling
-/// process's cwd must be the new root (a mount point).
-pub(super) fn pivot_to_cwd() -> io::Result<()> {
+/// process's cwd must be the new root (a mount point). With `slave_old_root` (a tree left
+/// shared with the host's), the old root is made a slave first, reached through a
+/// descriptor taken before the pivot (after it, "." names the new root to mount(2)), so
+/// that its detach cannot propagate to the host's mounts, as runc does.
+pub(super) fn pivot_to_cwd(slave_old_root: bool) -> io::Result<()> {
     let dot = c".";
+    let old_root = match slave_old_root {
+        true => Some(open(c"/", libc::O_PATH | libc::O_DIRECTORY)?),
+        false => None,
+    };
     // SAFETY: NUL-terminated paths.
     cvt_long(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) })?;
+    if let Some(old) = old_root {
+        // SAFETY: fchdir on a directory descriptor we hold.
+        cvt(unsafe { libc::fchdir(old.as_raw_fd()) })?;
+        mount(None, dot, None, libc::MS_SLAVE | libc::MS_REC, None)?;
+    }
     // SAFETY: as above.
     cvt(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) })?;
     // SAFETY: as above.
