@@ -202,12 +202,36 @@ struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Layer {
     entries: Vec<Entry>,
+    quirks: TarQuirks,
+}
+
+/// How some real image tools write layer tars, which a runtime must take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct TarQuirks {
+    /// Written verbatim before every name and hard-link target: `/` or `./`.
+    name_prefix: &'static str,
+    /// The tar ends right after the last entry's data: no padding, no end-of-archive.
+    cut_after_last_data: bool,
 }
 
 impl Layer {
     /// An empty layer.
     pub fn new() -> Layer {
         Layer::default()
+    }
+
+    /// Writes every name and hard-link target with `prefix` (`"/"` or `"./"`) in front,
+    /// as some image builders do (names of at most 100 bytes).
+    pub fn names_prefixed(mut self, prefix: &'static str) -> Layer {
+        self.quirks.name_prefix = prefix;
+        self
+    }
+
+    /// Ends the tar right after the last entry's data, without its padding and without
+    /// the end-of-archive blocks (the last entry must be a regular file).
+    pub fn cut_after_last_data(mut self) -> Layer {
+        self.quirks.cut_after_last_data = true;
+        self
     }
 
     fn push(mut self, path: &str, kind: Kind, meta: Meta) -> Layer {
@@ -311,12 +335,29 @@ impl Layer {
     }
 
     /// Writes the uncompressed tar to `w` and returns `w`.
-    pub fn write_tar<W: Write>(&self, w: W) -> io::Result<W> {
-        let mut builder = tar::Builder::new(w);
-        for entry in &self.entries {
-            append_entry(&mut builder, entry)?;
+    pub fn write_tar<W: Write>(&self, mut w: W) -> io::Result<W> {
+        if self.quirks == TarQuirks::default() {
+            let mut builder = tar::Builder::new(w);
+            for entry in &self.entries {
+                append_entry(&mut builder, entry, "")?;
+            }
+            return builder.into_inner();
         }
-        builder.into_inner()
+        let mut builder = tar::Builder::new(Vec::new());
+        for entry in &self.entries {
+            append_entry(&mut builder, entry, self.quirks.name_prefix)?;
+        }
+        let mut bytes = builder.into_inner()?;
+        if self.quirks.cut_after_last_data {
+            let last = match self.entries.last().map(|e| &e.kind) {
+                Some(Kind::File(Content::Bytes(data))) => data.len(),
+                _ => return Err(io::Error::other("cut_after_last_data needs a last file")),
+            };
+            let padding = (512 - last % 512) % 512;
+            bytes.truncate(bytes.len() - 1024 - padding);
+        }
+        w.write_all(&bytes)?;
+        Ok(w)
     }
 
     /// The uncompressed tar bytes.
@@ -348,8 +389,12 @@ fn empty() -> Content {
     Content::Bytes(Arc::new(Vec::new()))
 }
 
-/// Appends one entry (and its PAX xattr records) to the archive.
-fn append_entry<W: Write>(b: &mut tar::Builder<W>, e: &Entry) -> io::Result<()> {
+/// Appends one entry (and its PAX xattr records) to the archive; with a `prefix`, its name
+/// (and link target) go into the header verbatim with the prefix in front.
+fn append_entry<W: Write>(b: &mut tar::Builder<W>, e: &Entry, prefix: &str) -> io::Result<()> {
+    if !prefix.is_empty() {
+        return append_raw(b, e, prefix);
+    }
     if !e.meta.xattrs.is_empty() {
         let keys: Vec<String> = e
             .meta
@@ -403,6 +448,52 @@ fn append_entry<W: Write>(b: &mut tar::Builder<W>, e: &Entry) -> io::Result<()> 
             b.append_data(&mut h, &e.path, io::empty())
         }
     }
+}
+
+/// An entry whose names the tar crate would refuse or rewrite (`/x`, `./x`), written
+/// straight into a ustar header.
+fn append_raw<W: Write>(b: &mut tar::Builder<W>, e: &Entry, prefix: &str) -> io::Result<()> {
+    let name = format!("{prefix}{}", e.path);
+    let mut h = tar::Header::new_ustar();
+    if name.len() > 100 {
+        return Err(io::Error::other(format!("{name}: too long for a raw name")));
+    }
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_mode(e.meta.mode);
+    h.set_uid(e.meta.uid);
+    h.set_gid(e.meta.gid);
+    h.set_mtime(e.meta.mtime);
+    h.set_size(0);
+    let data: &[u8] = match &e.kind {
+        Kind::Dir => {
+            h.set_entry_type(tar::EntryType::Directory);
+            &[]
+        }
+        Kind::File(Content::Bytes(data)) => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(data.len() as u64);
+            data
+        }
+        Kind::Hardlink(target) | Kind::Symlink(target) if target.len() + prefix.len() > 100 => {
+            return Err(io::Error::other(format!(
+                "{target}: too long for a raw link"
+            )));
+        }
+        Kind::Hardlink(target) => {
+            let target = format!("{prefix}{target}");
+            h.set_entry_type(tar::EntryType::Link);
+            h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+            &[]
+        }
+        Kind::Symlink(target) => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+            &[]
+        }
+        _ => return Err(io::Error::other("raw names: dirs, files and links only")),
+    };
+    h.set_cksum();
+    b.append(&h, data)
 }
 
 /// Incompressible bytes from a SplitMix64 generator: fast and the same for the same seed.

@@ -8,8 +8,11 @@
 //! * [`daemon`]: runs `cairnd` on private dirs and connects CRI/control clients to its socket.
 //! * [`net`]: network namespaces, a private bridge, iptables cleanup and TCP inside a
 //!   namespace, for the CNI tests.
+//! * [`clients`]: CRI clients that are not cairn's (grpc-go 1.33, gRPC C-core), built from
+//!   the CRI's api.proto, for tests that drive cairnd as kubelet and crictl do.
 //! * [`util`]: free ports and process helpers.
 
+pub mod clients;
 pub mod daemon;
 pub mod image;
 pub mod net;

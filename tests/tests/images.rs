@@ -1085,3 +1085,95 @@ async fn cairnctl_pulls_lists_inspects_imports_and_removes() {
     assert!(du.status.success());
     let _ = BTreeMap::<String, String>::new();
 }
+
+#[tokio::test]
+async fn layer_tars_as_real_tools_write_them_are_taken() {
+    // Names with a leading `/` (and a hard link to one), names with `./`, and a last layer
+    // that ends right after its last file's data (no padding, no end-of-archive blocks).
+    let slash = Layer::new()
+        .dir("/etc", 0o755)
+        .file("/etc/from-slash", "slash\n", 0o644)
+        .hardlink("/etc/slash-link", "/etc/from-slash")
+        .names_prefixed("/");
+    let dot = Layer::new()
+        .dir("srv", 0o755)
+        .file("srv/from-dot", "dot\n", 0o644)
+        .names_prefixed("./");
+    let cut = Layer::new()
+        .dir("opt", 0o755)
+        .file("opt/last", "no padding after me", 0o644)
+        .cut_after_last_data();
+    let reg = registry();
+    let image = ImageSpec::new(vec![busybox_base().unwrap(), slash, dot, cut]);
+    let built = push_image(&reg, &image, "quirks/app:1").unwrap();
+    let d = Cairnd::start("").unwrap();
+    let mut c = d.image_client().await.unwrap();
+    let name = reg.reference("quirks/app:1");
+    assert_eq!(pull(&mut c, &name).await.unwrap(), built.image_id());
+
+    let view = View::mount(&lowers(&mut c, &name).await);
+    let read = |p: &str| std::fs::read_to_string(view.path(p)).unwrap();
+    assert_eq!(read("etc/from-slash"), "slash\n");
+    assert_eq!(read("etc/slash-link"), "slash\n");
+    assert_eq!(read("srv/from-dot"), "dot\n");
+    assert_eq!(read("opt/last"), "no padding after me");
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(view.path(p)).unwrap().ino();
+    assert_eq!(ino("etc/slash-link"), ino("etc/from-slash"));
+    drop(view);
+
+    // `..` still escapes nothing: such a layer is refused and leaves nothing.
+    let escaping = Layer::new()
+        .file("../escape", "x", 0o644)
+        .names_prefixed("/");
+    let bad = ImageSpec::new(vec![busybox_base().unwrap(), escaping]);
+    push_image(&reg, &bad, "quirks/bad:1").unwrap();
+    let before = snapshot_dirs(&d);
+    let err = pull(&mut c, &reg.reference("quirks/bad:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(err.message().contains("`..`"), "{err:?}");
+    assert_eq!(snapshot_dirs(&d), before);
+}
+
+#[tokio::test]
+async fn removing_an_image_by_one_name_removes_it_from_every_registry() {
+    // The same image in two registries, two tags in one of them: one image, three tags.
+    let (one, two) = (registry(), registry());
+    let image = small_image("everywhere");
+    let built = push_image(&one, &image, "shared/app:a").unwrap();
+    push_image(&one, &image, "shared/app:b").unwrap();
+    push_image(&two, &image, "mirror/app:c").unwrap();
+    let d = Cairnd::start("").unwrap();
+    let mut c = d.image_client().await.unwrap();
+    let names = [
+        one.reference("shared/app:a"),
+        one.reference("shared/app:b"),
+        two.reference("mirror/app:c"),
+    ];
+    for name in &names {
+        assert_eq!(pull(&mut c, name).await.unwrap(), built.image_id());
+    }
+    let images = list(&mut c).await;
+    assert_eq!(images.len(), 1, "one image: {images:?}");
+    let mut tags = images[0].repo_tags.clone();
+    tags.sort();
+    let mut want = names.to_vec();
+    want.sort();
+    assert_eq!(tags, want);
+    // The same ID from every name, ImageStatus and ListImages.
+    for name in &names {
+        let st = status(&mut c, name).await.image.unwrap();
+        assert_eq!(st.id, built.image_id());
+    }
+    remove(&mut c, &names[2]).await.unwrap();
+    assert!(list(&mut c).await.is_empty());
+    for name in &names {
+        assert!(
+            status(&mut c, name).await.image.is_none(),
+            "{name} still resolves"
+        );
+    }
+    assert!(snapshot_dirs(&d).is_empty());
+}

@@ -9,8 +9,8 @@
 //
 // It calls one unary method (e.g. RuntimeService/Version), the request given as the JSON
 // form of <Method>Request, and prints the response as JSON (field names as in the
-// .proto) on stdout. A gRPC error is printed as "code=<Code> message=<text>" on stdout
-// and exits with status 3; any other failure exits with 1.
+// .proto, fields at their default values included) on stdout. A gRPC error is printed as "code=<number> name=<Code>
+// message=<text>" on stdout and exits with status 3; any other failure exits with 1.
 //
 // MODE is the HTTP/2 :authority the client sends: "path" (the socket path, as kubelet
 // before 1.27 and crictl 1.26 send: they dial the path with a custom dialer) or
@@ -71,12 +71,12 @@ func main() {
 	err = conn.Invoke(ctx, "/"+pkg+"."+method, req, resp)
 	if err != nil {
 		if s, ok := status.FromError(err); ok {
-			fmt.Printf("code=%s message=%s\n", s.Code(), s.Message())
+			fmt.Printf("code=%d name=%s message=%s\n", s.Code(), s.Code(), s.Message())
 			os.Exit(3)
 		}
 		fail("call: %v", err)
 	}
-	out, err := (&jsonpb.Marshaler{OrigName: true}).MarshalToString(resp)
+	out, err := (&jsonpb.Marshaler{OrigName: true, EmitDefaults: true}).MarshalToString(resp)
 	if err != nil {
 		fail("response: %v", err)
 	}

@@ -16,7 +16,9 @@ use tonic::transport::Channel;
 pub type Rt = cri::runtime_service_client::RuntimeServiceClient<Channel>;
 
 /// Applets the tests need beyond those of `busybox_base`.
-const MORE_APPLETS: &[&str] = &["tail", "seq", "kill", "pwd", "yes", "sed", "cut", "mkdir"];
+const MORE_APPLETS: &[&str] = &[
+    "tail", "seq", "kill", "pwd", "yes", "sed", "cut", "mkdir", "umount",
+];
 
 /// A registry with the test image, and a cairnd that pulled it.
 pub struct Node {
@@ -50,9 +52,27 @@ impl Node {
 
     /// A node whose image has `config` and whose cairnd gets `extra_toml`.
     pub async fn with(config: ImageConfig, extra_toml: &str) -> Node {
+        Node::on(config, Cairnd::start(extra_toml).unwrap()).await
+    }
+
+    /// A node whose cairnd keeps its state on a tmpfs made shared (`mount --make-rshared`),
+    /// as under /run on a systemd host, where a mount leaking out of a container's mount
+    /// namespace would show.
+    pub async fn with_shared_state() -> Node {
+        let d = Cairnd::start_with_tmpfs_state("256m", "").unwrap();
+        let st = std::process::Command::new("mount")
+            .arg("--make-rshared")
+            .arg(d.state())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount --make-rshared {}", d.state().display());
+        Node::on(ImageConfig::default(), d).await
+    }
+
+    /// A node on a running cairnd, which pulls the test image with `config`.
+    async fn on(config: ImageConfig, d: Cairnd) -> Node {
         let registry = Registry::start(RegistryOptions::plain()).unwrap();
         push_image(&registry, &test_image(config), "pods/busybox:1").unwrap();
-        let d = Cairnd::start(extra_toml).unwrap();
         let image = registry.reference("pods/busybox:1");
         let mut images = d.image_client().await.unwrap();
         images
