@@ -4,6 +4,7 @@
 
 mod alpha;
 pub mod authority;
+mod deadline;
 mod image;
 mod runtime;
 
@@ -52,6 +53,7 @@ pub async fn serve(
     tracing::info!(socket = %socket.display(), "serving CRI");
     tonic::transport::Server::builder()
         .layer(AlphaLayer)
+        .layer(deadline::DeadlineLayer)
         .add_service(RuntimeServiceServer::new(runtime::RuntimeApi::new(
             runtime, streaming,
         )))
