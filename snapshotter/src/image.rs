@@ -543,6 +543,8 @@ impl ImageService {
         let _gc = self.gc.write().await;
         let id = match self.resolve_id(name)? {
             Some(id) => Some(id),
+            // An image ID no image has (critest and kubelet remove by ID).
+            None if is_image_id(name) => None,
             None => self
                 .store
                 .resolve_ref(&Reference::parse(name)?.to_string())?,

@@ -495,8 +495,18 @@ async fn remove_by_tag_digest_and_id_then_garbage_is_collected() {
     remove(&mut c, &a).await.unwrap();
     assert!(list(&mut c).await.is_empty());
     assert!(snapshot_dirs(&d).is_empty());
-    // Idempotent, as kubelet retries: by either tag, the digest, or the ID.
-    for name in [&a, &b, &digest_ref, &built.image_id().to_string()] {
+    // Idempotent, as kubelet retries: by either tag, the digest, or the ID; and an ID
+    // no image ever had (critest's idempotence spec).
+    let never = "0".repeat(64);
+    let never_digest = format!("sha256:{never}");
+    for name in [
+        &a,
+        &b,
+        &digest_ref,
+        &built.image_id().to_string(),
+        &never,
+        &never_digest,
+    ] {
         remove(&mut c, name).await.unwrap();
     }
 
