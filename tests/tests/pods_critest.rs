@@ -294,6 +294,94 @@ async fn a_shared_rootfs_leaks_no_mount_to_the_host() {
     assert!(left.is_empty(), "left: {left:?}");
 }
 
+#[tokio::test]
+async fn a_passed_client_deadline_is_deadline_exceeded() {
+    let node = Node::new().await;
+    let mut rt = node.rt().await;
+    let pod = node.run_pod(&mut rt, "deadline").await;
+    let id = node.run(&mut rt, &pod, "c", &["sleep", "300"]).await;
+    // No CRI timeout, a gRPC deadline of 300 ms (the `grpc-timeout` header critest's and
+    // kubelet's contexts send), from a client that does not enforce it itself: the server
+    // answers DEADLINE_EXCEEDED, as grpc-go servers do, not CANCELLED.
+    let req = cri::ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["sleep".into(), "30".into()],
+        timeout: 0,
+    };
+    let started = std::time::Instant::now();
+    let (status, message) = raw_call(
+        &node.d.socket(),
+        "/runtime.v1.RuntimeService/ExecSync",
+        &prost::Message::encode_to_vec(&req),
+        Some("300m"),
+    )
+    .await;
+    assert_eq!(status, Code::DeadlineExceeded as i32, "{message}");
+    assert!(message.contains("ExecSync"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The command went with the call.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ps = exec_out(&mut rt, &id, &["ps", "-o", "args"]).await;
+        if !ps.lines().any(|l| l.trim() == "sleep 30") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sleep 30 still runs: {ps}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    remove_pod(&mut rt, &pod).await;
+    assert_clean(&node);
+}
+
+/// One unary gRPC call over a bare HTTP/2 connection (no `:authority`, `grpc-timeout` as
+/// given and not enforced here); the `grpc-status` and `grpc-message` the server answers.
+async fn raw_call(
+    socket: &Path,
+    path: &str,
+    message: &[u8],
+    grpc_timeout: Option<&str>,
+) -> (i32, String) {
+    let io = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (client, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut req = http::Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(t) = grpc_timeout {
+        req = req.header("grpc-timeout", t);
+    }
+    let (response, mut body) = client.send_request(req.body(()).unwrap(), false).unwrap();
+    let mut frame = vec![0u8];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend(message);
+    body.send_data(bytes::Bytes::from(frame), true).unwrap();
+    let response = response.await.unwrap();
+    let (head, mut body) = response.into_parts();
+    // A trailers-only answer carries the status in the headers.
+    let mut fields = head.headers;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    if let Some(trailers) = body.trailers().await.unwrap() {
+        fields.extend(trailers);
+    }
+    let status = fields
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1);
+    let message = fields
+        .get("grpc-message")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    (status, message)
+}
+
 async fn exec_cmd(rt: &mut Rt, id: &str, cmd: Vec<String>) -> cri::ExecSyncResponse {
     rt.exec_sync(cri::ExecSyncRequest {
         container_id: id.into(),

@@ -17,7 +17,7 @@ pub type Rt = cri::runtime_service_client::RuntimeServiceClient<Channel>;
 
 /// Applets the tests need beyond those of `busybox_base`.
 const MORE_APPLETS: &[&str] = &[
-    "tail", "seq", "kill", "pwd", "yes", "sed", "cut", "mkdir", "umount",
+    "tail", "seq", "kill", "pwd", "yes", "sed", "cut", "mkdir", "umount", "httpd", "date",
 ];
 
 /// A registry with the test image, and a cairnd that pulled it.
