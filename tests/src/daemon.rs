@@ -55,6 +55,7 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     ];
     for path in candidates.into_iter().flatten() {
         if path.is_file() {
+            refuse_stale(&path)?;
             return Ok(path);
         }
     }
@@ -62,6 +63,48 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
         "cannot find {name} near {}: run `cargo build -p cairn-shim --bins` first, or set CAIRN_BIN_DIR",
         exe.display()
     )
+}
+
+/// The sources cairn's binaries are built from, relative to the workspace root.
+const BINARY_SOURCES: &[&str] = &[
+    "Cargo.lock",
+    "shim",
+    "snapshotter",
+    "proto",
+    "streaming/src",
+    "streaming/Cargo.toml",
+];
+
+/// Refuses a binary older than a source it is built from: a test of stale code proves
+/// nothing (`cargo test` does not rebuild another package's binaries).
+fn refuse_stale(bin: &Path) -> anyhow::Result<()> {
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("stat {}", bin.display()))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for source in BINARY_SOURCES {
+        if let Some(newer) = newer_file(&root.join(source), built) {
+            bail!(
+                "{} is older than {}: run `cargo build --workspace --bins` (or tests/run.sh)",
+                bin.display(),
+                newer.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A file at or below `path` modified after `than`, if any.
+fn newer_file(path: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if meta.is_dir() {
+        return std::fs::read_dir(path)
+            .ok()?
+            .flatten()
+            .find_map(|e| newer_file(&e.path(), than));
+    }
+    let newer = meta.modified().is_ok_and(|m| m > than);
+    newer.then(|| path.to_path_buf())
 }
 
 /// A process identified by PID and start time (clock ticks after boot), so that a PID
