@@ -10,7 +10,8 @@
 //!
 //! So the bytes a client sends pass through a [`Rewriter`] before `h2` reads them. It
 //! follows the HTTP/2 framing, passes every frame through untouched except header blocks
-//! (HEADERS and their CONTINUATIONs), which it decodes with the client's HPACK context and
+//! (HEADERS and their CONTINUATIONs), which it decodes with the client's HPACK context
+//! (`httlib-hpack`, whose table-driven Huffman decoder takes about 2 µs a request) and
 //! encodes again as plain literals (no Huffman, no indexing, so `h2`'s own table stays
 //! empty and the two decoders can never disagree), with an `:authority` that is not a
 //! valid URI authority replaced by `localhost`. cairn uses the authority for nothing.
@@ -41,8 +42,6 @@ const MAX_FRAME: usize = 16_384;
 /// A header block larger than this is not buffered: the rewriter steps aside and lets
 /// `h2` enforce its own limits on the client's bytes.
 const MAX_BLOCK: usize = 1 << 20;
-/// Largest dynamic table a client may ask for in a size update (`h2` advertises 4096).
-const MAX_TABLE: usize = 65_536;
 /// What an unusable authority becomes.
 const REPLACEMENT: &[u8] = b"localhost";
 
@@ -72,7 +71,10 @@ struct PendingBlock {
 /// The byte-stream rewriter of a client's half of one HTTP/2 connection.
 pub struct Rewriter {
     state: State,
-    decoder: loona_hpack::Decoder<'static>,
+    /// The client's HPACK context. Its dynamic table is as large as the encoder may
+    /// assume: 4096 bytes, SETTINGS_HEADER_TABLE_SIZE's initial value, which h2 (under
+    /// tonic) does not change.
+    decoder: httlib_hpack::Decoder<'static>,
     pending: Option<PendingBlock>,
 }
 
@@ -84,11 +86,9 @@ impl Default for Rewriter {
 
 impl Rewriter {
     pub fn new() -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(MAX_TABLE);
         Rewriter {
             state: State::Preface(PREFACE.len()),
-            decoder,
+            decoder: httlib_hpack::Decoder::default(),
             pending: None,
         }
     }
@@ -213,23 +213,25 @@ impl Rewriter {
 
     /// Decodes the complete block and writes it again as HEADERS (+ CONTINUATION) frames.
     fn finish_block(&mut self, out: &mut BytesMut) {
-        let Some(pending) = self.pending.take() else {
+        let Some(mut pending) = self.pending.take() else {
             return;
         };
-        let mut encoded = Vec::with_capacity(pending.block.len() * 2);
-        let decoded = self.decoder.decode_with_cb(&pending.block, |name, value| {
-            let value: &[u8] = if &*name == b":authority" && !is_authority(&value) {
-                REPLACEMENT
-            } else {
-                &value
-            };
-            encode_literal(&mut encoded, &name, value);
-        });
-        if decoded.is_err() {
+        let mut fields = Vec::with_capacity(16);
+        let mut block = std::mem::take(&mut pending.block);
+        if self.decoder.decode(&mut block, &mut fields).is_err() {
             // The client's HPACK context is broken: h2 will say so on the same bytes.
             out.extend_from_slice(&pending.original);
             self.state = State::Transparent;
             return;
+        }
+        let mut encoded = Vec::with_capacity(pending.original.len() * 2);
+        for (name, value, _flags) in &fields {
+            let value: &[u8] = if name == b":authority" && !is_authority(value) {
+                REPLACEMENT
+            } else {
+                value
+            };
+            encode_literal(&mut encoded, name, value);
         }
         write_block(out, &pending, &encoded);
     }
@@ -448,9 +450,12 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 mod tests {
     use super::*;
 
-    /// A request's header block as a client's encoder writes it: every field with
-    /// incremental indexing (so a second request refers to the first's entries).
-    fn request_block(encoder: &mut loona_hpack::Encoder<'_>, authority: &[u8]) -> Vec<u8> {
+    type Encoder = httlib_hpack::Encoder<'static>;
+    type Decoder = httlib_hpack::Decoder<'static>;
+
+    /// A request's header block as a client's encoder writes it: every field
+    /// Huffman-coded and indexed (so a second request refers to the first's entries).
+    fn request_block(encoder: &mut Encoder, authority: &[u8]) -> Vec<u8> {
         let fields: Vec<(&[u8], &[u8])> = vec![
             (b":method", b"POST"),
             (b":scheme", b"http"),
@@ -459,7 +464,24 @@ mod tests {
             (b"content-type", b"application/grpc"),
             (b"te", b"trailers"),
         ];
-        encoder.encode(fields)
+        let flags = Encoder::HUFFMAN_NAME
+            | Encoder::HUFFMAN_VALUE
+            | Encoder::WITH_INDEXING
+            | Encoder::BEST_FORMAT;
+        let mut block = Vec::new();
+        for (name, value) in fields {
+            encoder
+                .encode((name.to_vec(), value.to_vec(), flags), &mut block)
+                .unwrap();
+        }
+        block
+    }
+
+    /// Every (name, value) of a block.
+    fn decode(decoder: &mut Decoder, block: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut fields = Vec::new();
+        decoder.decode(&mut block.to_vec(), &mut fields).unwrap();
+        fields.into_iter().map(|(n, v, _)| (n, v)).collect()
     }
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -497,8 +519,8 @@ mod tests {
         out.to_vec()
     }
 
-    fn authority_of(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> Option<Vec<u8>> {
-        let fields = decoder.decode(block).unwrap();
+    fn authority_of(decoder: &mut Decoder, block: &[u8]) -> Option<Vec<u8>> {
+        let fields = decode(decoder, block);
         assert_eq!(fields.len(), 6, "every field kept");
         fields
             .into_iter()
@@ -513,7 +535,7 @@ mod tests {
             b"%2Frun%2Fcairn%2Fcairn.sock",
             b"unix:///run/x.sock",
         ] {
-            let mut enc = loona_hpack::Encoder::new();
+            let mut enc = Encoder::default();
             let mut input = PREFACE.to_vec();
             input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
             input.extend(frame(
@@ -536,7 +558,7 @@ mod tests {
                 assert_eq!(got.len(), 4);
                 assert_eq!((got[0].0, got[2].0, got[2].1), (0x4, 0x0, END_STREAM));
                 // h2's decoder starts from an empty table and needs nothing in it.
-                let mut h2 = loona_hpack::Decoder::new();
+                let mut h2 = Decoder::default();
                 for (kind, flags, _, payload) in [&got[1], &got[3]] {
                     assert_eq!((*kind, *flags), (HEADERS, END_HEADERS));
                     assert_eq!(authority_of(&mut h2, payload).unwrap(), b"localhost");
@@ -547,20 +569,20 @@ mod tests {
 
     #[test]
     fn valid_authorities_and_other_fields_are_kept() {
-        let mut enc = loona_hpack::Encoder::new();
+        let mut enc = Encoder::default();
         let block = request_block(&mut enc, b"localhost:1234");
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
         let got = frames(&rewrite_all(&input, 3));
-        let fields = loona_hpack::Decoder::new().decode(&got[0].3).unwrap();
-        let expected = loona_hpack::Decoder::new().decode(&block).unwrap();
+        let fields = decode(&mut Decoder::default(), &got[0].3);
+        let expected = decode(&mut Decoder::default(), &block);
         assert_eq!(fields, expected);
         assert_eq!(got[0].1, END_HEADERS | END_STREAM);
     }
 
     #[test]
     fn padding_priority_and_continuations_are_understood() {
-        let mut enc = loona_hpack::Encoder::new();
+        let mut enc = Encoder::default();
         let block = request_block(&mut enc, b"/a/b.sock");
         let (a, b) = block.split_at(block.len() / 2);
         let mut payload = vec![3u8]; // pad length
@@ -578,7 +600,7 @@ mod tests {
             (HEADERS, PRIORITY | END_HEADERS, 5)
         );
         assert_eq!(payload[..5], [0x80, 0, 0, 0, 16]);
-        let mut h2 = loona_hpack::Decoder::new();
+        let mut h2 = Decoder::default();
         assert_eq!(authority_of(&mut h2, &payload[5..]).unwrap(), b"localhost");
     }
 
@@ -599,7 +621,7 @@ mod tests {
             [(HEADERS, 0), (CONTINUATION, 0), (CONTINUATION, END_HEADERS)]
         );
         let whole: Vec<u8> = got.iter().flat_map(|f| f.3.clone()).collect();
-        let fields = loona_hpack::Decoder::new().decode(&whole).unwrap();
+        let fields = decode(&mut Decoder::default(), &whole);
         assert_eq!(fields[0].1, b"localhost");
         assert_eq!(fields[1].1, big);
     }
