@@ -71,7 +71,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cairn_snapshotter::snapshot::OverlayMount;
+use cairn_kernel::overlay::OverlayMount;
 use libc::pid_t;
 
 use child::{ChildIo, ChildStdio, MAX_MESSAGE, TAG_ERROR, TAG_EXEC, TAG_PID, TAG_READY};
@@ -148,7 +148,7 @@ pub struct CreateOptions<'a> {
     pub oom_score_adj: Option<i32>,
     /// The compiled program of the spec's `linux.seccomp`, if the caller has it (cairnd
     /// compiles each profile once); None: it is compiled here.
-    pub seccomp: Option<Arc<crate::seccomp::Program>>,
+    pub seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
     /// The spec's device rules are in the cgroup already ([`install_device_rules`], which
     /// cairnd runs while it makes the cgroup); false: they are installed here.
     pub device_rules_installed: bool,
@@ -158,7 +158,7 @@ pub struct CreateOptions<'a> {
 /// are `cgroup_dirs`, before any process joins it: with CAP_MKNOD a container may create
 /// any node, and these rules decide which ones it may open. On cgroup v1 (and the hybrid
 /// layout) they go, in order, into the `devices` hierarchy; on pure v2 they become a
-/// device program attached to the cgroup2 dir (see [`crate::devfilter`]).
+/// device program attached to the cgroup2 dir (see [`cairn_kernel::devfilter`]).
 pub fn install_device_rules(
     cgroup_dirs: &[PathBuf],
     linux: Option<&oci_spec::runtime::Linux>,
@@ -180,7 +180,7 @@ pub struct Created {
     pub pty_master: Option<OwnedFd>,
     /// The compiled seccomp filter the process runs under (from [`create`]: the spec's
     /// `linux.seccomp`), to confine the container's execs alike (see [`exec`]).
-    pub seccomp: Option<Arc<crate::seccomp::Program>>,
+    pub seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
     /// The executable was not found: the message its start fails with.
     not_found: Option<String>,
     start: OwnedFd,
@@ -243,7 +243,7 @@ pub fn create(opts: CreateOptions<'_>) -> Result<Created, LaunchError> {
 pub fn exec(
     target_pid: i32,
     process: &oci_spec::runtime::Process,
-    seccomp: Option<Arc<crate::seccomp::Program>>,
+    seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
     cgroup_dirs: &[PathBuf],
     stdio: Stdio,
 ) -> Result<Created, LaunchError> {
@@ -287,7 +287,7 @@ pub struct Running {
 pub fn exec_now(
     target_pid: i32,
     process: &oci_spec::runtime::Process,
-    seccomp: Option<Arc<crate::seccomp::Program>>,
+    seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
     cgroup_dirs: &[PathBuf],
     stdio: Stdio,
 ) -> Result<Running, LaunchError> {

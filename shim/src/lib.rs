@@ -2,19 +2,15 @@
 //! configuration, and the pieces that run containers (spec builder, cgroups, launcher).
 //! The binaries (`cairnd`, `cairnctl`) are thin edges over this library.
 
-pub mod cgroup;
 pub mod cni;
 pub mod config;
 pub mod control;
 pub mod cri;
 pub mod crilog;
-pub mod devfilter;
 pub mod execsync;
 pub mod launch;
-pub mod mountinfo;
 pub mod podns;
 pub mod runtime;
-pub mod seccomp;
 pub mod serve;
 pub mod spec;
 pub mod stdio;

@@ -39,7 +39,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Mutex};
 use tonic::Status;
 
-use crate::cgroup::{Cgroup, Layout};
 use crate::cni::{self, Cni, CniConfig};
 use crate::config::{RuntimeHandler, RuntimeKind};
 use crate::execsync;
@@ -48,6 +47,7 @@ use crate::spec::{self, ContainerContext, PodContext};
 use crate::task::{
     overlay_to, read_exit, read_exit_record, StatsJson, REOPEN_LOG, SECCOMP_PROGRAM,
 };
+use cairn_kernel::cgroup::{Cgroup, Layout};
 
 const PODS: &str = "pods";
 const CONTAINERS: &str = "containers";
@@ -173,7 +173,7 @@ pub struct Runtime {
     /// Each container's OCI process as created: the template of its execs.
     processes: std::sync::Mutex<HashMap<String, oci_spec::runtime::Process>>,
     /// Compiled seccomp programs, handed to the shims in the bundles.
-    seccomp: crate::seccomp::ProgramCache,
+    seccomp: cairn_kernel::seccomp::ProgramCache,
 }
 
 /// Opens the records' database, moving into it the records that older versions kept in
@@ -999,7 +999,7 @@ impl Runtime {
         pod: &PodRecord,
         rec: &ContainerRecord,
         bundle: &Path,
-        overlay: &cairn_snapshotter::snapshot::OverlayMount,
+        overlay: &cairn_kernel::overlay::OverlayMount,
     ) -> Result<u32, Status> {
         let client = self.shim(pod).await?;
         let resp = client
@@ -1656,17 +1656,14 @@ impl Runtime {
 /// overlaps the launch (see `Snapshotter::prepare_then`). `recorded` must be awaited on
 /// every path: a container discarded before its layer is recorded would leave the record.
 struct LayerMaking {
-    placed: tokio::sync::oneshot::Receiver<cairn_snapshotter::snapshot::OverlayMount>,
+    placed: tokio::sync::oneshot::Receiver<cairn_kernel::overlay::OverlayMount>,
     recorded: tokio::task::JoinHandle<Result<(), cairn_snapshotter::Error>>,
 }
 
 impl LayerMaking {
     /// The layer's overlay, or why it could not be made (then `recorded` has been awaited
     /// already, and nothing was recorded).
-    async fn placed(
-        &mut self,
-        id: &str,
-    ) -> Result<cairn_snapshotter::snapshot::OverlayMount, Status> {
+    async fn placed(&mut self, id: &str) -> Result<cairn_kernel::overlay::OverlayMount, Status> {
         if let Ok(overlay) = (&mut self.placed).await {
             return Ok(overlay);
         }

@@ -7,7 +7,7 @@
 //! defaults (Entrypoint/Cmd, Env, WorkingDir, User) merged with what kubelet asked for.
 //!
 //! Security contexts are checked and turned into the spec here: capabilities, the seccomp
-//! profile (cairn's RuntimeDefault from [`crate::seccomp`], Unconfined, or a Localhost file
+//! profile (cairn's RuntimeDefault from [`cairn_kernel::seccomp`], Unconfined, or a Localhost file
 //! read and compiled now), AppArmor and SELinux requests (refused when they name a profile or
 //! label: this node has neither), namespace options (conflicts refused; pid TARGET resolved by
 //! the runtime through [`set_pid_namespace`]) and namespaced sysctls only
@@ -27,6 +27,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
+use cairn_kernel::caps::{capability_number, ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
+use cairn_kernel::devices::{default_device_rules, device_rule};
 use cairn_proto::cri;
 use cairn_snapshotter::manifest::ImageConfig;
 use oci_spec::runtime::{
@@ -40,70 +42,6 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 /// Cgroup parent used when the pod has none (e.g. a pod made by hand with crictl).
 pub const DEFAULT_CGROUP_PARENT: &str = "/cairn";
-
-/// The capabilities a non-privileged container gets unless CRI adds or drops some.
-pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
-
-/// Every capability the spec can name (a privileged container, or CRI "ALL", gets those of
-/// them cairnd holds: [`current_capabilities`]).
-pub const ALL_CAPABILITIES: [Capability; 41] = [
-    Capability::AuditControl,
-    Capability::AuditRead,
-    Capability::AuditWrite,
-    Capability::BlockSuspend,
-    Capability::Bpf,
-    Capability::CheckpointRestore,
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::DacReadSearch,
-    Capability::Fowner,
-    Capability::Fsetid,
-    Capability::IpcLock,
-    Capability::IpcOwner,
-    Capability::Kill,
-    Capability::Lease,
-    Capability::LinuxImmutable,
-    Capability::MacAdmin,
-    Capability::MacOverride,
-    Capability::Mknod,
-    Capability::NetAdmin,
-    Capability::NetBindService,
-    Capability::NetBroadcast,
-    Capability::NetRaw,
-    Capability::Perfmon,
-    Capability::Setgid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::Setuid,
-    Capability::SysAdmin,
-    Capability::SysBoot,
-    Capability::SysChroot,
-    Capability::SysModule,
-    Capability::SysNice,
-    Capability::SysPacct,
-    Capability::SysPtrace,
-    Capability::SysRawio,
-    Capability::SysResource,
-    Capability::SysTime,
-    Capability::SysTtyConfig,
-    Capability::Syslog,
-    Capability::WakeAlarm,
-];
 
 /// Kernel paths hidden from non-privileged containers (unless CRI gives its own list).
 pub const MASKED_PATHS: [&str; 11] = [
@@ -796,53 +734,6 @@ fn is_all(name: &str) -> bool {
     name.trim().eq_ignore_ascii_case("ALL")
 }
 
-/// The kernel's number of a capability (its bit in capability masks).
-pub fn capability_number(c: &Capability) -> u32 {
-    match c {
-        Capability::Chown => 0,
-        Capability::DacOverride => 1,
-        Capability::DacReadSearch => 2,
-        Capability::Fowner => 3,
-        Capability::Fsetid => 4,
-        Capability::Kill => 5,
-        Capability::Setgid => 6,
-        Capability::Setuid => 7,
-        Capability::Setpcap => 8,
-        Capability::LinuxImmutable => 9,
-        Capability::NetBindService => 10,
-        Capability::NetBroadcast => 11,
-        Capability::NetAdmin => 12,
-        Capability::NetRaw => 13,
-        Capability::IpcLock => 14,
-        Capability::IpcOwner => 15,
-        Capability::SysModule => 16,
-        Capability::SysRawio => 17,
-        Capability::SysChroot => 18,
-        Capability::SysPtrace => 19,
-        Capability::SysPacct => 20,
-        Capability::SysAdmin => 21,
-        Capability::SysBoot => 22,
-        Capability::SysNice => 23,
-        Capability::SysResource => 24,
-        Capability::SysTime => 25,
-        Capability::SysTtyConfig => 26,
-        Capability::Mknod => 27,
-        Capability::Lease => 28,
-        Capability::AuditWrite => 29,
-        Capability::AuditControl => 30,
-        Capability::Setfcap => 31,
-        Capability::MacOverride => 32,
-        Capability::MacAdmin => 33,
-        Capability::Syslog => 34,
-        Capability::WakeAlarm => 35,
-        Capability::BlockSuspend => 36,
-        Capability::AuditRead => 37,
-        Capability::Perfmon => 38,
-        Capability::Bpf => 39,
-        Capability::CheckpointRestore => 40,
-    }
-}
-
 /// The capabilities a privileged container, or CRI's "ALL", gets: those of cairnd's own
 /// bounding set (as containerd does), since the kernel cannot grant a container more.
 pub fn current_capabilities() -> Capabilities {
@@ -989,9 +880,9 @@ fn check_source_propagates(
     who: &str,
     dest: &str,
 ) -> Result<(), SpecError> {
-    let table = crate::mountinfo::read()
+    let table = cairn_kernel::mountinfo::read()
         .map_err(|e| SpecError::io(format!("{who}: read"), Path::new("/proc/self/mountinfo"), e))?;
-    let Some(mount) = crate::mountinfo::mount_of(&table, source) else {
+    let Some(mount) = cairn_kernel::mountinfo::mount_of(&table, source) else {
         return Ok(());
     };
     let ok = match prop {
@@ -1392,7 +1283,7 @@ fn requested_profile(
 /// The container's seccomp profile. None for privileged containers, for Unconfined and when
 /// nothing is said (CRI defines no profile as unconfined, and containerd and CRI-O run such
 /// containers so; kubelet says RuntimeDefault when the pod or the node's `seccompDefault`
-/// asks for it); cairn's RuntimeDefault ([`crate::seccomp::default_profile`] for the
+/// asks for it); cairn's RuntimeDefault ([`cairn_kernel::seccomp::default_profile`] for the
 /// container's capabilities) when asked for; a Localhost profile is read, checked and
 /// compiled now, so that a missing or malformed file is an invalid request.
 fn seccomp_profile(
@@ -1413,7 +1304,7 @@ fn seccomp_profile(
     }
     let profile = match requested.unwrap_or(Profile::Unconfined) {
         Profile::Unconfined => return Ok(None),
-        Profile::RuntimeDefault => crate::seccomp::default_profile(caps),
+        Profile::RuntimeDefault => cairn_kernel::seccomp::default_profile(caps),
         Profile::Localhost(path) => localhost_seccomp(&path, caps, who)?,
     };
     Ok(Some(profile))
@@ -1431,8 +1322,8 @@ fn localhost_seccomp(
         ));
     }
     let profile =
-        crate::seccomp::load_profile(Path::new(path), caps).map_err(|e| invalid(who, e))?;
-    crate::seccomp::compile(&profile)
+        cairn_kernel::seccomp::load_profile(Path::new(path), caps).map_err(|e| invalid(who, e))?;
+    cairn_kernel::seccomp::compile(&profile)
         .map_err(|e| invalid(who, format!("seccomp profile {path}: {e}")))?;
     Ok(profile)
 }
@@ -2015,41 +1906,6 @@ fn resources(config: &cri::ContainerConfig, who: &str) -> Result<LinuxResources,
         out.set_unified(Some(r.unified.clone()));
     }
     Ok(out)
-}
-
-fn device_rule(
-    allow: bool,
-    typ: LinuxDeviceType,
-    major: Option<i64>,
-    minor: Option<i64>,
-    access: &str,
-) -> LinuxDeviceCgroup {
-    let mut rule = LinuxDeviceCgroup::default();
-    rule.set_allow(allow)
-        .set_typ(Some(typ))
-        .set_major(major)
-        .set_minor(minor)
-        .set_access(Some(access.to_string()));
-    rule
-}
-
-/// runc's default device rules: deny everything, then allow mknod of any device and the
-/// use of null, zero, full, random, urandom, tty, ptmx and the pty slaves.
-pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
-    use LinuxDeviceType::{A, B, C};
-    vec![
-        device_rule(false, A, None, None, "rwm"),
-        device_rule(true, C, None, None, "m"),
-        device_rule(true, B, None, None, "m"),
-        device_rule(true, C, Some(1), Some(3), "rwm"),
-        device_rule(true, C, Some(1), Some(5), "rwm"),
-        device_rule(true, C, Some(1), Some(7), "rwm"),
-        device_rule(true, C, Some(1), Some(8), "rwm"),
-        device_rule(true, C, Some(1), Some(9), "rwm"),
-        device_rule(true, C, Some(5), Some(0), "rwm"),
-        device_rule(true, C, Some(5), Some(2), "rwm"),
-        device_rule(true, C, Some(136), None, "rwm"),
-    ]
 }
 
 /// The device node of `meta`, placed at `dest`; `None` if it is not a device.
@@ -3661,7 +3517,7 @@ mod tests {
         let spec = f.build().unwrap();
         assert_eq!(seccomp_of(&spec), None);
         // RuntimeDefault: cairn's default for the container's capabilities.
-        let want = crate::seccomp::default_profile(&caps(&spec));
+        let want = cairn_kernel::seccomp::default_profile(&caps(&spec));
         f.sc().seccomp = profile(RuntimeDefault, "");
         assert_eq!(seccomp_of(&f.build().unwrap()), Some(want));
         // Capabilities shape it: CAP_SYS_ADMIN allows mount.

@@ -35,19 +35,19 @@ use containerd_shim_protos::types::empty::Empty;
 use containerd_shim_protos::types::task::Status;
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{Cgroup, Layout};
 use crate::crilog::{spawn_copiers, LogFile, Stream};
 use crate::execsync::{ExecSyncRequest, ExecSyncResponse};
 use crate::launch::oci::OciRuntime;
 use crate::launch::{self, Created, Stdio};
 use crate::stdio::{self as streams, AttachPaths, Stdin, Tee, ATTACH, STDIN_ONCE};
-use cairn_snapshotter::snapshot::OverlayMount;
+use cairn_kernel::cgroup::{Cgroup, Layout};
+use cairn_kernel::overlay::OverlayMount;
 
 /// Annotation on `Update` that reopens the container's log file.
 pub const REOPEN_LOG: &str = "io.cairn.reopen-log";
 
 /// The file in a bundle that holds the compiled program of its config's `linux.seccomp`
-/// ([`crate::seccomp::Program::to_bytes`]), written by cairnd, which compiles each profile
+/// ([`cairn_kernel::seccomp::Program::to_bytes`]), written by cairnd, which compiles each profile
 /// once; without it the built-in launcher compiles the profile itself.
 pub const SECCOMP_PROGRAM: &str = "seccomp.bpf";
 
@@ -169,7 +169,7 @@ struct Container {
     /// The terminal's master (CRI `tty`), for resizes.
     pty: Option<std::fs::File>,
     /// Its compiled seccomp filter (built-in launcher), which its execs run under too.
-    seccomp: Option<Arc<crate::seccomp::Program>>,
+    seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
     /// Its init released into `execve` (built-in launcher): says, after its exit, whether
     /// `execve` failed.
     released: Option<launch::Released>,
@@ -446,7 +446,7 @@ impl TaskService {
         stdio: Stdio,
     ) -> Result<(i32, Option<OwnedFd>, Pending, Option<PathBuf>), String> {
         let wanted_adj = spec.process().as_ref().and_then(|p| p.oom_score_adj());
-        let oom_score_adj = wanted_adj.map(crate::cgroup::clamp_oom_score_adj);
+        let oom_score_adj = wanted_adj.map(cairn_kernel::cgroup::clamp_oom_score_adj);
         let Some(oci) = &self.inner.oci else {
             let opts = launch::CreateOptions {
                 spec,
@@ -484,7 +484,7 @@ impl TaskService {
         };
         let mounted = match overlay {
             Some(o) => {
-                cairn_snapshotter::snapshot::mount_overlay(o, &rootfs, false)
+                cairn_kernel::overlay::mount(o, &rootfs, false)
                     .map_err(|e| format!("mounting the rootfs: {e}"))?;
                 Some(rootfs)
             }
@@ -531,7 +531,7 @@ impl TaskService {
         let Some(path) = linux.cgroups_path() else {
             return Ok((None, false));
         };
-        let fail = |e: crate::cgroup::CgroupError| {
+        let fail = |e: cairn_kernel::cgroup::CgroupError| {
             err(
                 ttrpc::Code::FAILED_PRECONDITION,
                 format!("container {id}: {e}"),
@@ -1256,7 +1256,7 @@ struct ExecTarget {
     pid: i32,
     bundle: PathBuf,
     cgroup_dirs: Vec<PathBuf>,
-    seccomp: Option<Arc<crate::seccomp::Program>>,
+    seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
 }
 
 /// An exec sync's entry among its container's execs; forgotten when dropped.
@@ -1403,14 +1403,14 @@ fn open_output(path: &str) -> Result<OwnedFd, ttrpc::Error> {
 }
 
 /// The compiled seccomp program cairnd left in the bundle ([`SECCOMP_PROGRAM`]), if any.
-fn compiled_seccomp(bundle: &Path) -> Result<Option<Arc<crate::seccomp::Program>>, String> {
+fn compiled_seccomp(bundle: &Path) -> Result<Option<Arc<cairn_kernel::seccomp::Program>>, String> {
     let path = bundle.join(SECCOMP_PROGRAM);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    let program = crate::seccomp::Program::from_bytes(&bytes)
+    let program = cairn_kernel::seccomp::Program::from_bytes(&bytes)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Some(Arc::new(program)))
 }
@@ -1689,8 +1689,8 @@ pub struct StatsJson {
     pub pids: u64,
 }
 
-impl From<&crate::cgroup::CgroupStats> for StatsJson {
-    fn from(s: &crate::cgroup::CgroupStats) -> Self {
+impl From<&cairn_kernel::cgroup::CgroupStats> for StatsJson {
+    fn from(s: &cairn_kernel::cgroup::CgroupStats) -> Self {
         StatsJson {
             cpu_usage_ns: s.cpu_usage_ns,
             memory_usage: s.memory_usage,
@@ -1805,8 +1805,10 @@ mod tests {
             .default_action(LinuxSeccompAction::ScmpActAllow)
             .build()
             .unwrap();
-        let deny_mkdir = crate::seccomp::profile_denying(&["mkdir", "mkdirat"]);
-        let program = crate::seccomp::compile(&deny_mkdir).unwrap().to_bytes();
+        let deny_mkdir = cairn_kernel::seccomp::profile_denying(&["mkdir", "mkdirat"]);
+        let program = cairn_kernel::seccomp::compile(&deny_mkdir)
+            .unwrap()
+            .to_bytes();
         let mut spec = fx.spec(&["sh", "-c", "mkdir /tmp/x 2>/dev/null; echo $?"]);
         spec.linux_mut()
             .as_mut()

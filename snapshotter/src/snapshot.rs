@@ -7,10 +7,11 @@
 //! [`Snapshotter::open`] deletes anything on disk that has no record, so a crash at any
 //! point leaves nothing a restart would mistake for whole.
 
-use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub use cairn_kernel::overlay::OverlayMount;
 
 use crate::error::{Error, Result};
 use crate::store::{NewSnapshot, SnapshotKind, SnapshotRecord, Store};
@@ -20,15 +21,6 @@ use crate::store::{NewSnapshot, SnapshotKind, SnapshotRecord, Store};
 pub struct Usage {
     pub bytes: u64,
     pub inodes: u64,
-}
-
-/// What an overlay mount of a snapshot needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OverlayMount {
-    /// Lower dirs, topmost first (overlay's order).
-    pub lowers: Vec<PathBuf>,
-    /// Writable upper and work dirs; None for a read-only view of a committed snapshot.
-    pub upper: Option<(PathBuf, PathBuf)>,
 }
 
 /// A snapshot being built; deleted on drop unless committed.
@@ -391,71 +383,15 @@ fn add(u: &mut Usage, seen: &mut std::collections::HashSet<(u64, u64)>, md: &std
     u.bytes += md.blocks() * 512;
 }
 
-/// Mounts an overlay at `target`. Uses the new mount API with one `lowerdir+` per layer
-/// (no length limit, kernel 6.8+); falls back to mount(2) with a single option string.
+/// Mounts an overlay at `target` ([`cairn_kernel::overlay::mount`]), with the
+/// snapshotter's errors.
 pub fn mount_overlay(m: &OverlayMount, target: &Path, readonly: bool) -> Result<()> {
-    if m.lowers.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "overlay at {}: no lower layer",
-            target.display()
-        )));
-    }
-    match mount_with_fsconfig(m, target, readonly) {
-        Ok(()) => Ok(()),
-        // No logging here: the launcher calls this in a forked child.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) => {
-            mount_legacy(m, target, readonly)
+    cairn_kernel::overlay::mount(m, target, readonly).map_err(|e| match e {
+        cairn_kernel::overlay::OverlayError::Invalid(msg) => Error::InvalidArgument(msg),
+        cairn_kernel::overlay::OverlayError::Mount { target, source } => {
+            Error::io("mounting overlay at", &target, source)
         }
-        Err(e) => Err(Error::io("mounting overlay at", target, e)),
-    }
-}
-
-fn mount_with_fsconfig(m: &OverlayMount, target: &Path, readonly: bool) -> std::io::Result<()> {
-    use rustix::mount::*;
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
-    for lower in &m.lowers {
-        fsconfig_set_string(&fs, "lowerdir+", lower.as_path())?;
-    }
-    if let Some((upper, work)) = &m.upper {
-        fsconfig_set_string(&fs, "upperdir", upper.as_path())?;
-        fsconfig_set_string(&fs, "workdir", work.as_path())?;
-    }
-    fsconfig_set_string(&fs, "index", "off")?;
-    fsconfig_create(&fs)?;
-    let attrs = if readonly || m.upper.is_none() {
-        MountAttrFlags::MOUNT_ATTR_RDONLY
-    } else {
-        MountAttrFlags::empty()
-    };
-    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)?;
-    move_mount(
-        &mnt,
-        "",
-        rustix::fs::CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )?;
-    Ok(())
-}
-
-fn mount_legacy(m: &OverlayMount, target: &Path, readonly: bool) -> Result<()> {
-    let lowers: Vec<String> = m.lowers.iter().map(|p| p.display().to_string()).collect();
-    let mut data = format!("lowerdir={}", lowers.join(":"));
-    if let Some((upper, work)) = &m.upper {
-        data.push_str(&format!(
-            ",upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        ));
-    }
-    let data = CString::new(data)
-        .map_err(|_| Error::InvalidArgument("overlay options contain a NUL byte".into()))?;
-    let mut flags = rustix::mount::MountFlags::empty();
-    if readonly || m.upper.is_none() {
-        flags |= rustix::mount::MountFlags::RDONLY;
-    }
-    rustix::mount::mount("overlay", target, "overlay", flags, Some(data.as_c_str()))
-        .map_err(|e| Error::io("mounting overlay at", target, e.into()))
+    })
 }
 
 /// Unmounts `target` (lazily if busy).

@@ -247,14 +247,14 @@ fn device_cgroup_dir(node: &Node, id: &str) -> Option<PathBuf> {
     let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
         .into_iter()
         .map(Path::new)
-        .find(|p| cairn_shim::devfilter::is_cgroup2(p))?;
+        .find(|p| cairn_kernel::devfilter::is_cgroup2(p))?;
     Some(root.join(node.cgroups.0.trim_start_matches('/')).join(id))
 }
 
 /// The device programs attached to the container's cgroup2 directory.
 fn device_programs(node: &Node, id: &str) -> Option<Vec<u32>> {
     let dir = device_cgroup_dir(node, id)?;
-    Some(cairn_shim::devfilter::attached(&dir).unwrap_or_else(|e| panic!("{e}")))
+    Some(cairn_kernel::devfilter::attached(&dir).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// The container's `devices.list` in the v1 `devices` hierarchy; None without one.

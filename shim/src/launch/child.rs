@@ -220,13 +220,11 @@ fn premount(plan: &ContainerPlan<'_>, userns: &UsernsPlan) -> Result<Premounted,
         })?;
     }
     if let Some(overlay) = rootfs.overlay {
-        cairn_snapshotter::snapshot::mount_overlay(overlay, &rootfs.display, false).map_err(
-            |e| {
-                Fail(format!(
-                    "mounting the container rootfs over idmapped layers: {e}"
-                ))
-            },
-        )?;
+        cairn_kernel::overlay::mount(overlay, &rootfs.display, false).map_err(|e| {
+            Fail(format!(
+                "mounting the container rootfs over idmapped layers: {e}"
+            ))
+        })?;
     }
     let tree = sys::open_tree(&rootfs.path, true)
         .ctx(|| format!("copying the rootfs mount {}", rootfs.display.display()))?;
@@ -432,10 +430,8 @@ fn mount_rootfs(
             .ctx(|| "duplicating the rootfs descriptor".into());
     }
     match rootfs.overlay {
-        Some(overlay) => {
-            cairn_snapshotter::snapshot::mount_overlay(overlay, &rootfs.display, false)
-                .map_err(|e| Fail(format!("mounting the container rootfs: {e}")))?
-        }
+        Some(overlay) => cairn_kernel::overlay::mount(overlay, &rootfs.display, false)
+            .map_err(|e| Fail(format!("mounting the container rootfs: {e}")))?,
         None => sys::mount(
             Some(&rootfs.path),
             &rootfs.path,

@@ -16,7 +16,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use cairn_snapshotter::snapshot::OverlayMount;
+use cairn_kernel::devices::DeviceRulesError;
+use cairn_kernel::overlay::OverlayMount;
 use libc::{c_int, c_ulong};
 use oci_spec::runtime::{
     Capabilities, Linux, LinuxCapabilities, LinuxDeviceType, LinuxIdMapping, LinuxNamespace,
@@ -322,7 +323,7 @@ pub(super) struct ProcessPlan {
     pub(super) rlimits: Vec<Rlimit>,
     /// The seccomp filter to install right before execve, compiled in the caller so that
     /// the child only hands it to the kernel.
-    pub(super) seccomp: Option<Arc<crate::seccomp::Program>>,
+    pub(super) seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
 }
 
 impl ProcessPlan {
@@ -362,7 +363,7 @@ pub(super) fn container<'a>(
     overlay: Option<&'a OverlayMount>,
     cgroup_dirs: &[PathBuf],
     oom_score_adj: Option<i32>,
-    compiled_seccomp: Option<Arc<crate::seccomp::Program>>,
+    compiled_seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
     device_rules_installed: bool,
 ) -> Result<ContainerPlan<'a>, LaunchError> {
     let process = spec
@@ -436,7 +437,7 @@ pub(super) fn container<'a>(
 pub(super) fn exec(
     target: i32,
     process: &Process,
-    seccomp: Option<Arc<crate::seccomp::Program>>,
+    seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
     cgroup_dirs: &[PathBuf],
 ) -> Result<ExecPlan, LaunchError> {
     if target <= 0 {
@@ -647,7 +648,7 @@ fn cgroup_join(dir: &Path) -> Result<CgroupJoin, LaunchError> {
             .map(OwnedFd::from)
             .map_err(|e| host_io(format!("opening {} to join the cgroup", path.display()), e))
     };
-    if !crate::devfilter::is_cgroup2(&dir) {
+    if !cairn_kernel::devfilter::is_cgroup2(&dir) {
         return Ok(CgroupJoin::V1 {
             tasks: open_write("tasks")?,
             dir,
@@ -663,77 +664,19 @@ fn cgroup_join(dir: &Path) -> Result<CgroupJoin, LaunchError> {
     })
 }
 
-/// Installs the spec's device rules (`linux.resources.devices`) on the host, before the
-/// process joins its cgroups: with CAP_MKNOD a container may create any node, and these
-/// rules decide which ones it may open. On cgroup v1 (and the hybrid layout) they are
-/// written, in order, into the container's `devices` hierarchy (the first rule denies
-/// everything, "a"). Without a v1 `devices` hierarchy (pure v2), they are compiled to a
-/// device program attached to the container's cgroup2 dir (see [`crate::devfilter`]);
-/// rules that allow everything attach nothing.
+/// Installs the spec's device rules (`linux.resources.devices`) in the container's
+/// cgroup dirs before the process joins them ([`cairn_kernel::devices::install`]).
 pub(super) fn apply_device_rules(dirs: &[&Path], linux: Option<&Linux>) -> Result<(), LaunchError> {
     let Some(rules) = linux
         .and_then(|l| l.resources().as_ref())
         .and_then(|r| r.devices().as_deref())
-        .filter(|r| !r.is_empty())
     else {
         return Ok(());
     };
-    if let Some(dir) = dirs.iter().find(|d| d.join("devices.allow").exists()) {
-        // The v1 `devices` controller enforces the rules; a program on the hybrid
-        // layout's controller-less cgroup2 dir would only check them a second time (and
-        // cost a BPF load per container).
-        return write_v1_device_rules(dir, rules);
-    }
-    for dir in dirs.iter().filter(|d| crate::devfilter::is_cgroup2(d)) {
-        crate::devfilter::install(dir, rules).map_err(|e| match e {
-            crate::devfilter::DevFilterError::InvalidRule { .. } => {
-                invalid(format!("linux.resources.devices: {e}"))
-            }
-            crate::devfilter::DevFilterError::Io { context, source } => {
-                LaunchError::Io { context, source }
-            }
-        })?;
-    }
-    Ok(())
-}
-
-/// Writes device rules into a cgroup v1 `devices` directory.
-fn write_v1_device_rules(
-    dir: &Path,
-    rules: &[oci_spec::runtime::LinuxDeviceCgroup],
-) -> Result<(), LaunchError> {
-    for rule in rules {
-        let file = if rule.allow() {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        };
-        let Some(line) = device_rule_line(rule) else {
-            continue;
-        };
-        let path = dir.join(file);
-        std::fs::write(&path, &line)
-            .map_err(|e| host_io(format!("writing {line:?} to {}", path.display()), e))?;
-    }
-    Ok(())
-}
-
-/// A device rule as the v1 devices controller reads it: `c 1:3 rwm`, `b *:* m`, `a`; None
-/// for fifos, which the controller does not govern.
-pub(super) fn device_rule_line(rule: &oci_spec::runtime::LinuxDeviceCgroup) -> Option<String> {
-    let typ = match rule.typ().unwrap_or(LinuxDeviceType::A) {
-        LinuxDeviceType::A => return Some("a".to_string()),
-        LinuxDeviceType::B => 'b',
-        LinuxDeviceType::C | LinuxDeviceType::U => 'c',
-        LinuxDeviceType::P => return None,
-    };
-    let number = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
-    let access = rule.access().as_deref().unwrap_or("rwm");
-    Some(format!(
-        "{typ} {}:{} {access}",
-        number(rule.major()),
-        number(rule.minor())
-    ))
+    cairn_kernel::devices::install(dirs, rules).map_err(|e| match e {
+        DeviceRulesError::InvalidRule(m) => invalid(format!("linux.resources.devices: {m}")),
+        DeviceRulesError::Io { context, source } => LaunchError::Io { context, source },
+    })
 }
 
 fn rootfs_plan<'a>(
@@ -1074,7 +1017,7 @@ fn sysctl_plan(linux: Option<&Linux>) -> Result<Vec<Sysctl>, LaunchError> {
 /// seccomp filter).
 pub(super) fn process_plan(
     p: &Process,
-    seccomp: Option<Arc<crate::seccomp::Program>>,
+    seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
 ) -> Result<ProcessPlan, LaunchError> {
     let args = p
         .args()
@@ -1151,8 +1094,8 @@ pub(super) fn process_plan(
 /// Compiles the spec's `linux.seccomp` profile, if any, to BPF.
 pub(super) fn compile_seccomp(
     profile: Option<&LinuxSeccomp>,
-) -> Result<Option<Arc<crate::seccomp::Program>>, LaunchError> {
-    let program = profile.map(crate::seccomp::compile).transpose();
+) -> Result<Option<Arc<cairn_kernel::seccomp::Program>>, LaunchError> {
+    let program = profile.map(cairn_kernel::seccomp::compile).transpose();
     let program = program.map_err(|e| invalid(format!("linux.seccomp: {e}")))?;
     Ok(program.map(Arc::new))
 }
@@ -1188,7 +1131,7 @@ fn cap_plan(c: &LinuxCapabilities) -> Result<CapPlan, LaunchError> {
     };
     let bits = |set: &Option<Capabilities>| {
         set.iter().flatten().fold(0u64, |acc, cap| {
-            acc | (1u64 << crate::spec::capability_number(cap))
+            acc | (1u64 << cairn_kernel::caps::capability_number(cap))
         }) & mask
     };
     Ok(CapPlan {

@@ -13,7 +13,7 @@ use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_snapshotter::snapshot::OverlayMount;
+use cairn_kernel::overlay::OverlayMount;
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_readonly_paths, Capabilities, Capability, LinuxBuilder,
     LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceBuilder,
@@ -977,7 +977,7 @@ fn expected_cgroup_lines(dirs: &[PathBuf], in_namespace: bool) -> Vec<String> {
     dirs.iter()
         .map(|d| {
             let leaf = d.file_name().unwrap().to_string_lossy();
-            let hierarchy = match crate::devfilter::is_cgroup2(d) {
+            let hierarchy = match cairn_kernel::devfilter::is_cgroup2(d) {
                 true => "0::".to_string(),
                 false => ":pids:".to_string(),
             };
@@ -1269,7 +1269,7 @@ fn create_start_timing() {
 
 /// The RuntimeDefault profile of a container with `caps`.
 fn default_seccomp(caps: &[Capability]) -> oci_spec::runtime::LinuxSeccomp {
-    crate::seccomp::default_profile(&caps.iter().copied().collect())
+    cairn_kernel::seccomp::default_profile(&caps.iter().copied().collect())
 }
 
 const CAP_SYS_ADMIN_BIT: u64 = 1 << 21;
@@ -1325,7 +1325,7 @@ fn seccomp_filter_is_installed_last() {
 fn a_profile_denying_read_fails_the_start_clearly() {
     let fx = Fixture::new();
     let mut spec = fx.spec(&["true"]);
-    let deny_read = crate::seccomp::profile_denying(&["read"]);
+    let deny_read = cairn_kernel::seccomp::profile_denying(&["read"]);
     spec.linux_mut()
         .as_mut()
         .unwrap()
@@ -1377,7 +1377,7 @@ fn exec_gets_the_containers_filter() {
 fn bad_seccomp_profile_fails_create() {
     let fx = Fixture::new();
     let mut spec = fx.spec(&["true"]);
-    let notify = crate::seccomp::parse_profile(
+    let notify = cairn_kernel::seccomp::parse_profile(
         br#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#,
         &Capabilities::new(),
     )
@@ -1390,9 +1390,9 @@ fn bad_seccomp_profile_fails_create() {
 
 #[test]
 fn device_rules_as_the_v1_controller_reads_them() {
-    let lines: Vec<Option<String>> = crate::spec::default_device_rules()
+    let lines: Vec<Option<String>> = cairn_kernel::devices::default_device_rules()
         .iter()
-        .map(plan::device_rule_line)
+        .map(cairn_kernel::devices::v1_line)
         .collect();
     assert_eq!(lines[0].as_deref(), Some("a"));
     assert_eq!(lines[1].as_deref(), Some("c *:* m"));
@@ -1425,7 +1425,7 @@ fn device_cgroup_limits_what_nodes_open() {
         "mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem; echo mem=$?; head -c 1 /dev/zero | wc -c",
     ]);
     let mut resources = oci_spec::runtime::LinuxResources::default();
-    resources.set_devices(Some(crate::spec::default_device_rules()));
+    resources.set_devices(Some(cairn_kernel::devices::default_device_rules()));
     spec.linux_mut()
         .as_mut()
         .unwrap()
@@ -1488,7 +1488,7 @@ fn cgroup2_root() -> Option<PathBuf> {
     ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
         .into_iter()
         .map(PathBuf::from)
-        .find(|p| crate::devfilter::is_cgroup2(p))
+        .find(|p| cairn_kernel::devfilter::is_cgroup2(p))
 }
 
 /// On the cgroup2 hierarchy the device rules become a device program attached to the
@@ -1513,7 +1513,7 @@ fn device_program_limits_what_nodes_open_on_cgroup2() {
          mknod /tmp/mem c 1 1; echo mknod=$?; cat /tmp/mem; echo mem=$?; \
          head -c 3 /dev/zero | wc -c",
     ]);
-    let mut rules = crate::spec::default_device_rules();
+    let mut rules = cairn_kernel::devices::default_device_rules();
     rules.push(
         LinuxDeviceCgroupBuilder::default()
             .allow(false)
@@ -1531,7 +1531,7 @@ fn device_program_limits_what_nodes_open_on_cgroup2() {
         .unwrap()
         .set_resources(Some(resources));
     let out = run_with(&spec, None, vec![dir.clone()]);
-    assert_eq!(crate::devfilter::attached(&dir).unwrap().len(), 1);
+    assert_eq!(cairn_kernel::devfilter::attached(&dir).unwrap().len(), 1);
     for want in ["null_read=1", "null_write=0", "mknod=0", "mem=1"] {
         assert!(out.stdout.contains(want), "{want}: {out:?}");
     }
@@ -1567,6 +1567,6 @@ fn allow_all_device_rules_attach_no_program() {
         .set_resources(Some(resources));
     let out = run_with(&spec, None, vec![dir.clone()]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(crate::devfilter::attached(&dir).unwrap().is_empty());
+    assert!(cairn_kernel::devfilter::attached(&dir).unwrap().is_empty());
     fx.assert_no_mounts();
 }

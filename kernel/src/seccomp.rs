@@ -1156,9 +1156,9 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program, SeccompError> {
     })
 }
 
-/// A profile that allows everything but `names`, which fail with EPERM (for tests).
-#[cfg(test)]
-pub(crate) fn profile_denying(names: &[&str]) -> LinuxSeccomp {
+/// A profile that allows everything but `names`, which fail with EPERM (for tests, here
+/// and in the shim's launcher and Task service).
+pub fn profile_denying(names: &[&str]) -> LinuxSeccomp {
     use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
     let rule = LinuxSyscallBuilder::default()
         .names(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -1273,7 +1273,7 @@ mod tests {
     }
 
     fn default_caps() -> Capabilities {
-        crate::spec::DEFAULT_CAPABILITIES.into_iter().collect()
+        crate::caps::DEFAULT_CAPABILITIES.into_iter().collect()
     }
 
     fn x86(p: &Program, name: &str, args: [u64; 6]) -> u32 {

@@ -549,7 +549,7 @@ mod tests {
 
     #[test]
     fn default_rules_allow_only_the_standard_devices() {
-        let rules = crate::spec::default_device_rules();
+        let rules = crate::devices::default_device_rules();
         let prog = compile(&rules).unwrap().unwrap();
         let rw = ACC_READ | ACC_WRITE;
         assert!(allowed(&prog, DEV_CHAR, rw, 1, 3)); // /dev/null
@@ -652,7 +652,7 @@ mod tests {
         }
         let _rmdir = Rmdir(&dir);
         assert!(attached(&dir).unwrap().is_empty());
-        assert!(install(&dir, &crate::spec::default_device_rules()).unwrap());
+        assert!(install(&dir, &crate::devices::default_device_rules()).unwrap());
         assert_eq!(attached(&dir).unwrap().len(), 1);
         let everything = [rule(true, LinuxDeviceType::A, None, None, "rwm")];
         assert!(!install(&dir, &everything).unwrap());
