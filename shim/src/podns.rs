@@ -18,9 +18,10 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use cairn_proto::shim::pod::{ns_path, shm_path};
+use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
 /// Which namespaces the pod gets of its own.
@@ -92,15 +93,6 @@ fn map_text(maps: &[IdMap]) -> String {
 pub struct Created {
     /// The pid of the pod's pid namespace holder (its pid 1), when the pod shares one.
     pub pid_holder: Option<i32>,
-}
-
-/// Where a pod's namespace files and shm live under its run dir.
-pub fn ns_path(pod_dir: &Path, kind: &str) -> PathBuf {
-    pod_dir.join("ns").join(kind)
-}
-
-pub fn shm_path(pod_dir: &Path) -> PathBuf {
-    pod_dir.join("shm")
 }
 
 /// Creates the pod's namespaces in the calling process (which must not have started any
@@ -354,14 +346,6 @@ fn pin_from(pod_dir: &Path, kind: &str, source: &str) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| format!("pinning {kind} namespace at {}: {e}", target.display()))
-}
-
-/// Unmounts what [`create`] mounted; what is not mounted is skipped.
-pub fn release(pod_dir: &Path) {
-    for kind in ["net", "uts", "ipc", "pid", "user"] {
-        let _ = umount2(&ns_path(pod_dir, kind), MntFlags::MNT_DETACH);
-    }
-    let _ = umount2(&shm_path(pod_dir), MntFlags::MNT_DETACH);
 }
 
 /// Sets IFF_UP on `lo` with an ioctl (no `ip` binary on the start path).

@@ -41,13 +41,13 @@ use tonic::Status;
 
 use crate::cni::{self, Cni, CniConfig};
 use crate::config::{RuntimeHandler, RuntimeKind};
-use crate::execsync;
-use crate::podns;
 use crate::spec::{self, ContainerContext, PodContext};
-use crate::task::{
-    overlay_to, read_exit, read_exit_record, StatsJson, REOPEN_LOG, SECCOMP_PROGRAM,
-};
 use cairn_kernel::cgroup::{Cgroup, Layout};
+use cairn_proto::shim::bundle::{overlay_to, REOPEN_LOG, SECCOMP_PROGRAM, STDIN_ONCE};
+use cairn_proto::shim::exec as execsync;
+use cairn_proto::shim::exit::{exit_path, read_exit, read_exit_record};
+use cairn_proto::shim::pod as podns;
+use cairn_proto::shim::stats::StatsJson;
 
 const PODS: &str = "pods";
 const CONTAINERS: &str = "containers";
@@ -976,7 +976,7 @@ impl Runtime {
         }
         if rec.config.stdin_once {
             let mut annotations = oci.annotations().clone().unwrap_or_default();
-            annotations.insert(crate::stdio::STDIN_ONCE.into(), "true".into());
+            annotations.insert(STDIN_ONCE.into(), "true".into());
             oci.set_annotations(Some(annotations));
         }
         if let Some(target) = spec::pid_target(&rec.config) {
@@ -1140,7 +1140,7 @@ impl Runtime {
                     )
                     .await;
             }
-            let _ = std::fs::remove_file(crate::task::exit_path(&pod.dir, &rec.id));
+            let _ = std::fs::remove_file(exit_path(&pod.dir, &rec.id));
             self.cleanup_cgroup(&pod, rec).await;
         }
         let bundle = self.state.join("containers").join(&rec.id);

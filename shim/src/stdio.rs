@@ -18,27 +18,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::crilog::Stream;
-
-/// `UpdateTaskRequest` annotation whose value (JSON [`AttachPaths`]) attaches FIFOs to a
-/// running container's streams.
-pub const ATTACH: &str = "io.cairn.attach";
-
-/// OCI spec annotation: the container's stdin closes after the first attach ends.
-pub const STDIN_ONCE: &str = "io.cairn.stdin-once";
 
 /// How long an attached client's output may stay full before the client is dropped.
 pub const SLOW_CLIENT: Duration = Duration::from_millis(250);
-
-/// The FIFOs of one attach; an empty path leaves that stream out.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AttachPaths {
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -33,77 +33,19 @@ use containerd_shim_protos::shim::shim::*;
 use containerd_shim_protos::ttrpc::{self, TtrpcContext};
 use containerd_shim_protos::types::empty::Empty;
 use containerd_shim_protos::types::task::Status;
-use serde::{Deserialize, Serialize};
 
 use crate::crilog::{spawn_copiers, LogFile, Stream};
-use crate::execsync::{ExecSyncRequest, ExecSyncResponse};
 use crate::launch::oci::OciRuntime;
 use crate::launch::{self, Created, Stdio};
-use crate::stdio::{self as streams, AttachPaths, Stdin, Tee, ATTACH, STDIN_ONCE};
+use crate::stdio::{self as streams, Stdin, Tee};
 use cairn_kernel::cgroup::{Cgroup, Layout};
 use cairn_kernel::overlay::OverlayMount;
-
-/// Annotation on `Update` that reopens the container's log file.
-pub const REOPEN_LOG: &str = "io.cairn.reopen-log";
-
-/// The file in a bundle that holds the compiled program of its config's `linux.seccomp`
-/// ([`cairn_kernel::seccomp::Program::to_bytes`]), written by cairnd, which compiles each profile
-/// once; without it the built-in launcher compiles the profile itself.
-pub const SECCOMP_PROGRAM: &str = "seccomp.bpf";
-
-/// A process's end, as recorded on disk and reported to cairnd.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Exit {
-    pub code: i32,
-    pub exited_ns: i64,
-    pub oom: bool,
-}
-
-/// Where the exit of container `id` is recorded.
-pub fn exit_path(pod_dir: &Path, id: &str) -> PathBuf {
-    pod_dir.join("exits").join(id)
-}
-
-/// An exit as written to disk: with why the process never ran its command, when it says
-/// so (its `execve` failed after start).
-#[derive(Debug, Serialize, Deserialize)]
-struct ExitRecord {
-    #[serde(flatten)]
-    exit: Exit,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    start_failure: Option<String>,
-}
-
-/// Reads a recorded exit.
-pub fn read_exit(pod_dir: &Path, id: &str) -> Option<Exit> {
-    read_exit_record(pod_dir, id).map(|(exit, _)| exit)
-}
-
-/// Reads a recorded exit and, if the container's command never ran, why.
-pub fn read_exit_record(pod_dir: &Path, id: &str) -> Option<(Exit, Option<String>)> {
-    let bytes = std::fs::read(exit_path(pod_dir, id)).ok()?;
-    let rec: ExitRecord = serde_json::from_slice(&bytes).ok()?;
-    Some((rec.exit, rec.start_failure))
-}
-
-fn write_exit(
-    pod_dir: &Path,
-    id: &str,
-    exit: &Exit,
-    start_failure: Option<String>,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = exit_path(pod_dir, id);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    let rec = ExitRecord {
-        exit: *exit,
-        start_failure,
-    };
-    f.write_all(&serde_json::to_vec(&rec).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)
-}
+use cairn_proto::shim::bundle::{
+    overlay_from, AttachPaths, ATTACH, REOPEN_LOG, SECCOMP_PROGRAM, STDIN_ONCE,
+};
+use cairn_proto::shim::exec::{ExecSyncRequest, ExecSyncResponse};
+use cairn_proto::shim::exit::{write_exit, Exit};
+use cairn_proto::shim::stats::StatsJson;
 
 fn now_ns() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
@@ -1415,51 +1357,6 @@ fn compiled_seccomp(bundle: &Path) -> Result<Option<Arc<cairn_kernel::seccomp::P
     Ok(Some(Arc::new(program)))
 }
 
-/// The overlay described by a Task API mount (`lowerdir=a:b`, `upperdir=`, `workdir=`).
-pub fn overlay_from(
-    m: &containerd_shim_protos::types::mount::Mount,
-) -> Result<OverlayMount, String> {
-    if m.type_ != "overlay" {
-        return Err(format!(
-            "rootfs mount type {:?}: only overlay is supported",
-            m.type_
-        ));
-    }
-    let mut lowers = Vec::new();
-    let (mut upper, mut work) = (None, None);
-    for opt in &m.options {
-        if let Some(l) = opt.strip_prefix("lowerdir=") {
-            lowers.extend(l.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
-        } else if let Some(u) = opt.strip_prefix("upperdir=") {
-            upper = Some(PathBuf::from(u));
-        } else if let Some(w) = opt.strip_prefix("workdir=") {
-            work = Some(PathBuf::from(w));
-        }
-    }
-    let upper = match (upper, work) {
-        (Some(u), Some(w)) => Some((u, w)),
-        (None, None) => None,
-        _ => return Err("rootfs overlay needs both upperdir and workdir".into()),
-    };
-    Ok(OverlayMount { lowers, upper })
-}
-
-/// The Task API mount for an overlay.
-pub fn overlay_to(m: &OverlayMount) -> containerd_shim_protos::types::mount::Mount {
-    let lowers: Vec<String> = m.lowers.iter().map(|p| p.display().to_string()).collect();
-    let mut options = vec![format!("lowerdir={}", lowers.join(":"))];
-    if let Some((u, w)) = &m.upper {
-        options.push(format!("upperdir={}", u.display()));
-        options.push(format!("workdir={}", w.display()));
-    }
-    containerd_shim_protos::types::mount::Mount {
-        type_: "overlay".into(),
-        source: "overlay".into(),
-        options,
-        ..Default::default()
-    }
-}
-
 impl containerd_shim_protos::shim::shim_ttrpc::Task for TaskService {
     fn create(
         &self,
@@ -1677,32 +1574,6 @@ impl containerd_shim_protos::shim::shim_ttrpc::Task for TaskService {
     }
 }
 
-/// Cgroup statistics as the shim reports them (JSON in `StatsResponse.stats`).
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct StatsJson {
-    pub cpu_usage_ns: u64,
-    pub memory_usage: u64,
-    pub memory_working_set: u64,
-    pub memory_rss: u64,
-    pub page_faults: u64,
-    pub major_page_faults: u64,
-    pub pids: u64,
-}
-
-impl From<&cairn_kernel::cgroup::CgroupStats> for StatsJson {
-    fn from(s: &cairn_kernel::cgroup::CgroupStats) -> Self {
-        StatsJson {
-            cpu_usage_ns: s.cpu_usage_ns,
-            memory_usage: s.memory_usage,
-            memory_working_set: s.memory_working_set,
-            memory_rss: s.memory_rss,
-            page_faults: s.page_faults,
-            major_page_faults: s.major_page_faults,
-            pids: s.pids,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The one-call ExecSync against a real container made by the built-in launcher (as
@@ -1711,8 +1582,8 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::execsync::OUTPUT_LIMIT;
     use crate::launch::tests::{process, Fixture};
+    use cairn_proto::shim::exec::OUTPUT_LIMIT;
 
     /// A shim service with one running container `c` (`sleep 300`); shut down on drop.
     struct Pod {

@@ -150,7 +150,7 @@ fn run() -> Result<(), String> {
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
     }
-    podns::release(&args.dir);
+    cairn_proto::shim::pod::release(&args.dir);
     let _ = std::fs::remove_file(&socket);
     tracing::info!(pod = %args.pod_id, "shim exiting");
     Ok(())

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 
 use super::{ctx, internal, new_id, ttrpc_status, ContainerRecord, ExecRef, Runtime};
-use crate::stdio::{AttachPaths, ATTACH};
+use cairn_proto::shim::bundle::{AttachPaths, ATTACH};
 
 /// How long output may still flow after the process exited (a child that kept its
 /// stdout open must not hold the session forever).
@@ -299,7 +299,7 @@ impl Runtime {
         }
         let netns = match super::is_host_network(&pod.config) {
             true => None,
-            false => Some(crate::podns::ns_path(&pod.dir, "net")),
+            false => Some(cairn_proto::shim::pod::ns_path(&pod.dir, "net")),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
