@@ -18,7 +18,7 @@ pub fn shm_path(pod_dir: &Path) -> PathBuf {
 /// Unmounts what the shim pinned under `pod_dir`; what is not mounted is skipped.
 pub fn release(pod_dir: &Path) {
     for kind in ["net", "uts", "ipc", "pid", "user"] {
-        let _ = unmount(&ns_path(pod_dir, kind), UnmountFlags::DETACH);
+        let _ = unmount(ns_path(pod_dir, kind), UnmountFlags::DETACH);
     }
-    let _ = unmount(&shm_path(pod_dir), UnmountFlags::DETACH);
+    let _ = unmount(shm_path(pod_dir), UnmountFlags::DETACH);
 }
