@@ -49,7 +49,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 target_dir=${target_dir:-$PWD/target}
 
 if [ "$profile" = dist ]; then
-    cargo build --profile dist -p cairn-shim --bins -p cairn-bench
+    cargo build --profile dist -p cairnd -p cairn-shim -p cairnctl --bins -p cairn-bench
 else
     cargo build --workspace --bins
 fi

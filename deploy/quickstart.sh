@@ -42,7 +42,7 @@ fi
 
 echo "== building cairn (profile dist)"
 # As a release ships them: profile dist (LTO; see Cargo.toml), about 7 minutes from scratch.
-cargo build --profile dist --locked -q -p cairn-shim --bins -p cairn-tests --bin cairn-mkimage
+cargo build --profile dist --locked -q -p cairnd -p cairn-shim -p cairnctl --bins -p cairn-tests --bin cairn-mkimage
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/dist
 
 mkdir -p "$RUN"

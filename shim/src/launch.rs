@@ -149,22 +149,9 @@ pub struct CreateOptions<'a> {
     /// The compiled program of the spec's `linux.seccomp`, if the caller has it (cairnd
     /// compiles each profile once); None: it is compiled here.
     pub seccomp: Option<Arc<cairn_kernel::seccomp::Program>>,
-    /// The spec's device rules are in the cgroup already ([`install_device_rules`], which
-    /// cairnd runs while it makes the cgroup); false: they are installed here.
+    /// The spec's device rules are in the cgroup already ([`cairn_kernel::devices::install`],
+    /// which cairnd runs while it makes the cgroup); false: they are installed here.
     pub device_rules_installed: bool,
-}
-
-/// Installs the device rules of `linux.resources.devices` in the cgroup whose directories
-/// are `cgroup_dirs`, before any process joins it: with CAP_MKNOD a container may create
-/// any node, and these rules decide which ones it may open. On cgroup v1 (and the hybrid
-/// layout) they go, in order, into the `devices` hierarchy; on pure v2 they become a
-/// device program attached to the cgroup2 dir (see [`cairn_kernel::devfilter`]).
-pub fn install_device_rules(
-    cgroup_dirs: &[PathBuf],
-    linux: Option<&oci_spec::runtime::Linux>,
-) -> Result<(), LaunchError> {
-    let dirs: Vec<&std::path::Path> = cgroup_dirs.iter().map(PathBuf::as_path).collect();
-    plan::apply_device_rules(&dirs, linux)
 }
 
 /// A process set up and blocked just before `execve`.

@@ -7,7 +7,7 @@
 //! Binaries are looked up as `$CAIRN_BIN_DIR/<name>` when that variable is set, else next
 //! to the test executable's directory (`target/debug/` for `target/debug/deps/harness-*`).
 //! Cargo does not build another package's binaries for a test, so run
-//! `cargo build -p cairn-shim --bins` before the end-to-end tests.
+//! `cargo build --workspace --bins` before the end-to-end tests.
 //!
 //! Dropping a [`Cairnd`] cleans up everything the daemon may have left, even after a
 //! panic: it SIGTERMs the daemon (SIGKILL after 3 s), SIGKILLs every process the daemon
@@ -60,29 +60,45 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     bail!(
-        "cannot find {name} near {}: run `cargo build -p cairn-shim --bins` first, or set CAIRN_BIN_DIR",
+        "cannot find {name} near {}: run `cargo build --workspace --bins` first, or set CAIRN_BIN_DIR",
         exe.display()
     )
 }
 
-/// The sources cairn's binaries are built from, relative to the workspace root.
-const BINARY_SOURCES: &[&str] = &[
-    "Cargo.lock",
-    "shim",
-    "snapshotter",
-    "proto",
-    "streaming/src",
-    "streaming/Cargo.toml",
-];
+/// The crates each of cairn's binaries is built from, relative to the workspace root:
+/// their `.rs` and `.proto` files count (a manifest may change without a rebuild).
+fn sources_of(binary: &str) -> &'static [&'static str] {
+    const SHARED: &[&str] = &["kernel", "proto"];
+    match binary {
+        "cairnd" => &["cairnd", "snapshotter", "streaming/src"],
+        "cairn-shim" => &["shim"],
+        "cairnctl" => &["cairnctl"],
+        _ => SHARED,
+    }
+}
 
 /// Refuses a binary older than a source it is built from: a test of stale code proves
-/// nothing (`cargo test` does not rebuild another package's binaries).
+/// nothing (`cargo test` does not rebuild another package's binaries). For cairnd, the
+/// `cairn-shim` next to it (which it starts for every pod) is checked too.
 fn refuse_stale(bin: &Path) -> anyhow::Result<()> {
+    let name = bin.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    check_fresh(bin, name)?;
+    if name == "cairnd" {
+        let shim = bin.with_file_name("cairn-shim");
+        if shim.is_file() {
+            check_fresh(&shim, "cairn-shim")?;
+        }
+    }
+    Ok(())
+}
+
+fn check_fresh(bin: &Path, name: &str) -> anyhow::Result<()> {
     let built = std::fs::metadata(bin)
         .and_then(|m| m.modified())
         .with_context(|| format!("stat {}", bin.display()))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for source in BINARY_SOURCES {
+    let shared = sources_of("");
+    for source in sources_of(name).iter().chain(shared) {
         if let Some(newer) = newer_file(&root.join(source), built) {
             bail!(
                 "{} is older than {}: run `cargo build --workspace --bins` (or tests/run.sh)",
@@ -94,7 +110,7 @@ fn refuse_stale(bin: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A file at or below `path` modified after `than`, if any.
+/// A source file (`.rs`, `.proto`) at or below `path` modified after `than`, if any.
 fn newer_file(path: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     if meta.is_dir() {
@@ -103,7 +119,8 @@ fn newer_file(path: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
             .flatten()
             .find_map(|e| newer_file(&e.path(), than));
     }
-    let newer = meta.modified().is_ok_and(|m| m > than);
+    let source = path.extension().is_some_and(|e| e == "rs" || e == "proto");
+    let newer = source && meta.modified().is_ok_and(|m| m > than);
     newer.then(|| path.to_path_buf())
 }
 

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use cairn_shim::cni::{Cni, CniConfig, CniError, PodNetwork, PortMapping};
 use cairn_tests::net::{fetch, iptables_dump, Bridge, NetNs, PortmapChains, Server};
+use cairnd::cni::{Cni, CniConfig, CniError, PodNetwork, PortMapping};
 use serde_json::{json, Value};
 
 const PLUGINS: &str = "/usr/lib/cni";

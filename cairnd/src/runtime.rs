@@ -1064,8 +1064,14 @@ impl Runtime {
                 .map_or(Ok(()), |r| cgroup.apply(r))
                 .map_err(|e| e.to_string())
                 .and_then(|()| {
-                    crate::launch::install_device_rules(&cgroup.join_dirs(), Some(&linux))
-                        .map_err(|e| e.to_string())
+                    let dirs = cgroup.join_dirs();
+                    let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+                    let rules = linux
+                        .resources()
+                        .as_ref()
+                        .and_then(|r| r.devices().as_deref());
+                    cairn_kernel::devices::install(&dirs, rules.unwrap_or_default())
+                        .map_err(|e| format!("linux.resources.devices: {e}"))
                 });
             if let Err(e) = applied {
                 if let Err(d) = cgroup.delete() {

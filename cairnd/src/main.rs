@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cairn_shim::config::{Config, DEFAULT_CONFIG};
 use cairn_snapshotter::image::{ImageService, ImageServiceConfig};
 use cairn_snapshotter::manifest::Platform;
+use cairnd::config::{Config, DEFAULT_CONFIG};
 use clap::Parser;
 
 /// cairn's CRI daemon.
@@ -94,7 +94,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     })
     .with_context(|| format!("opening the image store in {}", config.root.display()))?;
     tracing::info!(root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "cairnd starting");
-    let runtime = cairn_shim::runtime::Runtime::with_handlers(
+    let runtime = cairnd::runtime::Runtime::with_handlers(
         images.clone(),
         &config.state,
         config.runtimes.clone(),
@@ -111,7 +111,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("recovering pods and containers: {}", e.message()))?;
     let streaming = start_streaming(&config, runtime.clone()).await?;
-    cairn_shim::cri::serve(
+    cairnd::cri::serve(
         &config.socket,
         images,
         runtime,
@@ -124,7 +124,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// Starts the Exec/Attach/PortForward streaming server of `[streaming]`.
 async fn start_streaming(
     config: &Config,
-    runtime: std::sync::Arc<cairn_shim::runtime::Runtime>,
+    runtime: std::sync::Arc<cairnd::runtime::Runtime>,
 ) -> anyhow::Result<std::sync::Arc<cairn_streaming::Server>> {
     let s = &config.streaming;
     let addr = std::net::SocketAddr::new(s.address, s.port);
@@ -134,7 +134,7 @@ async fn start_streaming(
             stream_idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
             ..Default::default()
         },
-        std::sync::Arc::new(cairn_shim::runtime::StreamingRuntime(runtime)),
+        std::sync::Arc::new(cairnd::runtime::StreamingRuntime(runtime)),
     )
     .await
     .with_context(|| format!("starting the streaming server on {addr}"))?;
