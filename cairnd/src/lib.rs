@@ -7,7 +7,7 @@
 
 pub mod cni;
 pub mod config;
-pub mod control;
 pub mod cri;
+pub mod error;
 pub mod runtime;
 pub mod spec;

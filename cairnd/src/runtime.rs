@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Error;
 use cairn_proto::cri;
 use cairn_snapshotter::image::ImageService;
 use cairn_snapshotter::store::{SnapshotKind, Store};
@@ -37,7 +38,6 @@ use containerd_shim_protos::shim_async::TaskClient;
 use containerd_shim_protos::ttrpc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Mutex};
-use tonic::Status;
 
 use crate::cni::{self, Cni, CniConfig};
 use crate::config::{RuntimeHandler, RuntimeKind};
@@ -112,27 +112,27 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::internal(e.to_string())
 }
 
-fn store_err(e: cairn_snapshotter::Error) -> Status {
-    crate::cri::status(e)
+fn store_err(e: cairn_snapshotter::Error) -> Error {
+    Error::from(e)
 }
 
-fn ttrpc_status(what: &str, e: ttrpc::Error) -> Status {
+fn ttrpc_status(what: &str, e: ttrpc::Error) -> Error {
     match e {
         ttrpc::Error::RpcStatus(s) => {
             let msg = format!("{what}: {}", s.message);
             match s.code() {
-                ttrpc::Code::NOT_FOUND => Status::not_found(msg),
-                ttrpc::Code::INVALID_ARGUMENT => Status::invalid_argument(msg),
-                ttrpc::Code::ALREADY_EXISTS => Status::already_exists(msg),
-                ttrpc::Code::FAILED_PRECONDITION => Status::failed_precondition(msg),
-                _ => Status::internal(msg),
+                ttrpc::Code::NOT_FOUND => Error::not_found(msg),
+                ttrpc::Code::INVALID_ARGUMENT => Error::invalid_argument(msg),
+                ttrpc::Code::ALREADY_EXISTS => Error::already_exists(msg),
+                ttrpc::Code::FAILED_PRECONDITION => Error::failed_precondition(msg),
+                _ => Error::internal(msg),
             }
         }
-        other => Status::unavailable(format!("{what}: pod shim unreachable: {other}")),
+        other => Error::unavailable(format!("{what}: pod shim unreachable: {other}")),
     }
 }
 
@@ -237,20 +237,20 @@ impl Runtime {
         &self.records
     }
 
-    pub fn pods(&self) -> Result<Vec<PodRecord>, Status> {
+    pub fn pods(&self) -> Result<Vec<PodRecord>, Error> {
         self.store().list_records(PODS).map_err(store_err)
     }
 
-    pub fn containers(&self) -> Result<Vec<ContainerRecord>, Status> {
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, Error> {
         self.store().list_records(CONTAINERS).map_err(store_err)
     }
 
-    pub fn pod(&self, id: &str) -> Result<PodRecord, Status> {
+    pub fn pod(&self, id: &str) -> Result<PodRecord, Error> {
         self.find_pod(id)?
-            .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))
+            .ok_or_else(|| Error::not_found(format!("pod sandbox {id} not found")))
     }
 
-    fn find_pod(&self, id: &str) -> Result<Option<PodRecord>, Status> {
+    fn find_pod(&self, id: &str) -> Result<Option<PodRecord>, Error> {
         self.find_record(PODS, "pod sandbox", id, |p: &PodRecord| p.id.as_str())
     }
 
@@ -261,9 +261,9 @@ impl Runtime {
         what: &str,
         id: &str,
         id_of: fn(&T) -> &str,
-    ) -> Result<Option<T>, Status> {
+    ) -> Result<Option<T>, Error> {
         if id.is_empty() {
-            return Err(Status::invalid_argument(format!("{what} ID is empty")));
+            return Err(Error::invalid_argument(format!("{what} ID is empty")));
         }
         if let Some(r) = self.store().get_record(table, id).map_err(store_err)? {
             return Ok(Some(r));
@@ -282,22 +282,22 @@ impl Runtime {
         })
     }
 
-    pub fn container(&self, id: &str) -> Result<ContainerRecord, Status> {
+    pub fn container(&self, id: &str) -> Result<ContainerRecord, Error> {
         self.find_container(id)?
-            .ok_or_else(|| Status::not_found(format!("container {id} not found")))
+            .ok_or_else(|| Error::not_found(format!("container {id} not found")))
     }
 
-    fn find_container(&self, id: &str) -> Result<Option<ContainerRecord>, Status> {
+    fn find_container(&self, id: &str) -> Result<Option<ContainerRecord>, Error> {
         self.find_record(CONTAINERS, "container", id, |c: &ContainerRecord| {
             c.id.as_str()
         })
     }
 
-    fn save_pod(&self, p: &PodRecord) -> Result<(), Status> {
+    fn save_pod(&self, p: &PodRecord) -> Result<(), Error> {
         self.store().put_record(PODS, &p.id, p).map_err(store_err)
     }
 
-    fn save_container(&self, c: &ContainerRecord) -> Result<(), Status> {
+    fn save_container(&self, c: &ContainerRecord) -> Result<(), Error> {
         self.store()
             .put_record(CONTAINERS, &c.id, c)
             .map_err(store_err)
@@ -315,19 +315,19 @@ impl Runtime {
         });
     }
 
-    async fn shim(&self, pod: &PodRecord) -> Result<TaskClient, Status> {
+    async fn shim(&self, pod: &PodRecord) -> Result<TaskClient, Error> {
         Ok(self.shim_client(pod).await?.task)
     }
 
     /// The pod's shim connection, made on first use and kept.
-    async fn shim_client(&self, pod: &PodRecord) -> Result<ShimClient, Status> {
+    async fn shim_client(&self, pod: &PodRecord) -> Result<ShimClient, Error> {
         if let Some(c) = self.shims.lock().await.get(&pod.id) {
             return Ok(c.clone());
         }
         let sock = format!("unix://{}", pod.dir.join("shim.sock").display());
         let conn = ttrpc::asynchronous::Client::connect(&sock)
             .await
-            .map_err(|e| Status::unavailable(format!("pod {}: shim unreachable: {e}", pod.id)))?;
+            .map_err(|e| Error::unavailable(format!("pod {}: shim unreachable: {e}", pod.id)))?;
         let client = ShimClient {
             task: TaskClient::new(conn.clone()),
             conn,
@@ -345,18 +345,18 @@ impl Runtime {
         self: &Arc<Self>,
         config: cri::PodSandboxConfig,
         handler: String,
-    ) -> Result<String, Status> {
+    ) -> Result<String, Error> {
         let meta = config
             .metadata
             .clone()
-            .ok_or_else(|| Status::invalid_argument("RunPodSandbox: metadata is required"))?;
+            .ok_or_else(|| Error::invalid_argument("RunPodSandbox: metadata is required"))?;
         if meta.name.is_empty() || meta.namespace.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(Error::invalid_argument(
                 "RunPodSandbox: metadata.name and metadata.namespace are required",
             ));
         }
         spec::validate_sandbox(&config).map_err(|e| match e {
-            spec::SpecError::InvalidArgument(m) => Status::invalid_argument(m),
+            spec::SpecError::InvalidArgument(m) => Error::invalid_argument(m),
             other => internal(other),
         })?;
         self.oci_runtime(&handler)?;
@@ -369,7 +369,7 @@ impl Runtime {
                     && m.attempt == meta.attempt
             })
         }) {
-            return Err(Status::already_exists(format!(
+            return Err(Error::already_exists(format!(
                 "pod sandbox {}/{} (attempt {}) already exists as {}",
                 meta.namespace, meta.name, meta.attempt, other.id
             )));
@@ -416,12 +416,12 @@ impl Runtime {
         }
     }
 
-    async fn start_pod(&self, pod: &mut PodRecord) -> Result<(), Status> {
+    async fn start_pod(&self, pod: &mut PodRecord) -> Result<(), Error> {
         // Fails before anything is made.
         let networked = self.network_wanted(pod)?;
         let userns = spec::requested_userns(&pod.config);
         if userns.is_some() && self.oci_runtime(&pod.runtime_handler)?.is_some() {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid_argument(format!(
                 "pod sandbox {}: user namespaces need cairn's built-in launcher (idmapped \
                  rootfs); runtime handler {:?} runs an external OCI runtime",
                 pod.id, pod.runtime_handler
@@ -485,7 +485,7 @@ impl Runtime {
             Ok(Ok(line)) if line.starts_with("ready") => {}
             _ => {
                 let log = std::fs::read_to_string(pod.dir.join("shim.log")).unwrap_or_default();
-                return Err(Status::internal(format!(
+                return Err(Error::internal(format!(
                     "pod {}: shim did not start: {}",
                     pod.id,
                     log.trim()
@@ -503,7 +503,7 @@ impl Runtime {
     /// Whether the pod is to be attached to a CNI network: not with the host network, nor
     /// when there is no CNI config at all (loopback only, as NetworkReady says); an
     /// invalid config is an error.
-    fn network_wanted(&self, pod: &PodRecord) -> Result<bool, Status> {
+    fn network_wanted(&self, pod: &PodRecord) -> Result<bool, Error> {
         if is_host_network(&pod.config) {
             return Ok(false);
         }
@@ -513,7 +513,7 @@ impl Runtime {
                 tracing::warn!(pod = %pod.id, "{e}: the pod gets loopback only");
                 Ok(false)
             }
-            Err(e) => Err(Status::failed_precondition(format!(
+            Err(e) => Err(Error::failed_precondition(format!(
                 "RunPodSandbox: CNI network not ready: {e}"
             ))),
         }
@@ -549,12 +549,12 @@ impl Runtime {
 
     /// What a CRI runtime handler runs containers with: None for the built-in launcher
     /// ("", "cairn" or a handler of type "cairn"), the binary of an OCI runtime handler.
-    fn oci_runtime(&self, handler: &str) -> Result<Option<PathBuf>, Status> {
+    fn oci_runtime(&self, handler: &str) -> Result<Option<PathBuf>, Error> {
         if let Some(h) = self.handlers.get(handler) {
             return match (h.kind, &h.path) {
                 (RuntimeKind::Cairn, _) => Ok(None),
                 (RuntimeKind::Oci, Some(path)) if path.is_file() => Ok(Some(path.clone())),
-                (RuntimeKind::Oci, path) => Err(Status::failed_precondition(format!(
+                (RuntimeKind::Oci, path) => Err(Error::failed_precondition(format!(
                     "runtime handler {handler:?}: the runtime binary {} does not exist",
                     path.as_deref().unwrap_or(Path::new("")).display()
                 ))),
@@ -563,7 +563,7 @@ impl Runtime {
         if handler.is_empty() || handler == "cairn" {
             return Ok(None);
         }
-        Err(Status::invalid_argument(format!(
+        Err(Error::invalid_argument(format!(
             "RunPodSandbox: no runtime for handler {handler:?} (configured: \"\", \"cairn\"{})",
             self.handlers
                 .keys()
@@ -573,7 +573,7 @@ impl Runtime {
     }
 
     /// Stops every container of the pod and its shim; idempotent.
-    pub async fn stop_pod(&self, id: &str) -> Result<(), Status> {
+    pub async fn stop_pod(&self, id: &str) -> Result<(), Error> {
         let Some(mut pod) = self.find_pod(id)? else {
             return Ok(());
         };
@@ -765,7 +765,7 @@ impl Runtime {
         .await;
     }
 
-    pub async fn remove_pod(&self, id: &str) -> Result<(), Status> {
+    pub async fn remove_pod(&self, id: &str) -> Result<(), Error> {
         let Some(pod) = self.find_pod(id)? else {
             return Ok(());
         };
@@ -793,10 +793,10 @@ impl Runtime {
         &self,
         pod_id: &str,
         config: cri::ContainerConfig,
-    ) -> Result<String, Status> {
+    ) -> Result<String, Error> {
         let pod = self.pod(pod_id)?;
         if !pod.ready {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "pod sandbox {} is not ready (stopped)",
                 pod.id
             )));
@@ -804,9 +804,9 @@ impl Runtime {
         let meta = config
             .metadata
             .clone()
-            .ok_or_else(|| Status::invalid_argument("CreateContainer: metadata is required"))?;
+            .ok_or_else(|| Error::invalid_argument("CreateContainer: metadata is required"))?;
         if meta.name.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(Error::invalid_argument(
                 "CreateContainer: metadata.name is required",
             ));
         }
@@ -816,7 +816,7 @@ impl Runtime {
             .map(|i| i.image.clone())
             .unwrap_or_default();
         if image_name.is_empty() {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid_argument(format!(
                 "CreateContainer {}: image is required",
                 meta.name
             )));
@@ -826,7 +826,7 @@ impl Runtime {
             .resolve(&image_name)
             .map_err(store_err)?
             .ok_or_else(|| {
-                Status::not_found(format!("image {image_name} not found: pull it first"))
+                Error::not_found(format!("image {image_name} not found: pull it first"))
             })?;
         let guard = self.lock.lock().await;
         if let Some(other) = self.containers()?.into_iter().find(|c| {
@@ -836,7 +836,7 @@ impl Runtime {
                     .as_ref()
                     .is_some_and(|m| m.name == meta.name && m.attempt == meta.attempt)
         }) {
-            return Err(Status::already_exists(format!(
+            return Err(Error::already_exists(format!(
                 "container {} (attempt {}) already exists in pod {} as {}",
                 meta.name, meta.attempt, pod.id, other.id
             )));
@@ -890,7 +890,7 @@ impl Runtime {
         pod: &PodRecord,
         rec: &mut ContainerRecord,
         image: &cairn_snapshotter::image::Image,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         let bundle = self.state.join("containers").join(&rec.id);
         std::fs::create_dir_all(bundle.join("rootfs")).map_err(internal)?;
         // The built-in launcher's cgroup is made while the rest is prepared (an external
@@ -946,7 +946,7 @@ impl Runtime {
         image: &cairn_snapshotter::image::Image,
         bundle: &Path,
         lowers: &[PathBuf],
-    ) -> Result<oci_spec::runtime::Spec, Status> {
+    ) -> Result<oci_spec::runtime::Spec, Error> {
         let pod_ctx = pod_context(pod);
         let cctx = ContainerContext {
             id: &rec.id,
@@ -957,9 +957,9 @@ impl Runtime {
             cgroup_path: rec.cgroup_path.clone(),
         };
         let mut oci = spec::build_spec(&pod_ctx, &cctx).map_err(|e| match e {
-            spec::SpecError::NotFound(m) => Status::not_found(m),
-            spec::SpecError::InvalidArgument(m) => Status::invalid_argument(m),
-            spec::SpecError::FailedPrecondition(m) => Status::failed_precondition(m),
+            spec::SpecError::NotFound(m) => Error::not_found(m),
+            spec::SpecError::InvalidArgument(m) => Error::invalid_argument(m),
+            spec::SpecError::FailedPrecondition(m) => Error::failed_precondition(m),
             other => internal(other),
         })?;
         if let Some(u) = oci.process().as_ref().map(|p| p.user()) {
@@ -983,7 +983,7 @@ impl Runtime {
             // pid TARGET: the namespace of a running container of the same pod.
             let t = self.container(target)?;
             if t.pod_id != pod.id || t.state != cri::ContainerState::ContainerRunning as i32 {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::invalid_argument(format!(
                     "container {}: pid namespace target {target} is not a running container of pod {}",
                     rec.id, pod.id
                 )));
@@ -1000,7 +1000,7 @@ impl Runtime {
         rec: &ContainerRecord,
         bundle: &Path,
         overlay: &cairn_kernel::overlay::OverlayMount,
-    ) -> Result<u32, Status> {
+    ) -> Result<u32, Error> {
         let client = self.shim(pod).await?;
         let resp = client
             .create(
@@ -1092,7 +1092,7 @@ impl Runtime {
         bundle: &Path,
         id: &str,
         builtin: bool,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         if builtin {
             self.save_seccomp_program(oci, bundle, id)?;
         }
@@ -1106,14 +1106,14 @@ impl Runtime {
         oci: &oci_spec::runtime::Spec,
         bundle: &Path,
         id: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         let Some(profile) = oci.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
             return Ok(());
         };
         let program = self
             .seccomp
             .bytes(profile)
-            .map_err(|e| Status::invalid_argument(format!("container {id}: linux.seccomp: {e}")))?;
+            .map_err(|e| Error::invalid_argument(format!("container {id}: linux.seccomp: {e}")))?;
         std::fs::write(bundle.join(SECCOMP_PROGRAM), program.as_slice()).map_err(internal)
     }
 
@@ -1161,10 +1161,10 @@ impl Runtime {
         let _ = self.store().delete_record(CONTAINERS, &rec.id);
     }
 
-    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<(), Status> {
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<(), Error> {
         let mut rec = self.container(id)?;
         if rec.state != cri::ContainerState::ContainerCreated as i32 {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "container {} is not in the created state",
                 rec.id
             )));
@@ -1274,7 +1274,7 @@ impl Runtime {
     /// Stops a container (its stop signal, then SIGKILL after `timeout` seconds);
     /// idempotent: a container already stopped, removed or never known answers OK, as
     /// kubelet retries the call.
-    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Status> {
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Error> {
         let Some(rec) = self.find_container(id)? else {
             tracing::debug!(
                 container = id,
@@ -1340,14 +1340,14 @@ impl Runtime {
                 &format!("waiting for container {}", rec.id),
                 e,
             )),
-            Err(_) => Err(Status::deadline_exceeded(format!(
+            Err(_) => Err(Error::deadline_exceeded(format!(
                 "container {} did not exit after SIGKILL",
                 rec.id
             ))),
         }
     }
 
-    pub async fn remove_container(&self, id: &str) -> Result<(), Status> {
+    pub async fn remove_container(&self, id: &str) -> Result<(), Error> {
         let Some(rec) = self.find_container(id)? else {
             return Ok(());
         };
@@ -1369,10 +1369,10 @@ impl Runtime {
         id: &str,
         cmd: Vec<String>,
         timeout: i64,
-    ) -> Result<(Vec<u8>, Vec<u8>, i32), Status> {
+    ) -> Result<(Vec<u8>, Vec<u8>, i32), Error> {
         let rec = self.running(id)?;
         if cmd.is_empty() {
-            return Err(Status::invalid_argument("ExecSync: cmd is empty"));
+            return Err(Error::invalid_argument("ExecSync: cmd is empty"));
         }
         let pod = self.pod(&rec.pod_id)?;
         let client = self.shim_client(&pod).await?;
@@ -1420,7 +1420,7 @@ impl Runtime {
         sync: &execsync::ExecSyncRequest,
         bundle: &Path,
         timeout: i64,
-    ) -> Result<(Vec<u8>, Vec<u8>, i32), Status> {
+    ) -> Result<(Vec<u8>, Vec<u8>, i32), Error> {
         let exec_id = &sync.exec_id;
         let out = bundle.join(format!("exec-{exec_id}.out"));
         let err = bundle.join(format!("exec-{exec_id}.err"));
@@ -1460,7 +1460,7 @@ impl Runtime {
         &self,
         id: &str,
         bundle: &Path,
-    ) -> Result<oci_spec::runtime::Process, Status> {
+    ) -> Result<oci_spec::runtime::Process, Error> {
         let known = self
             .processes
             .lock()
@@ -1483,10 +1483,10 @@ impl Runtime {
         &self,
         id: &str,
         r: &cri::LinuxContainerResources,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         let rec = self.container(id)?;
         let resources = spec::update_resources(r, &rec.id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Error::invalid_argument(e.to_string()))?;
         let pod = self.pod(&rec.pod_id)?;
         let client = self.shim(&pod).await?;
         client
@@ -1511,7 +1511,7 @@ impl Runtime {
         self.save_container(&rec)
     }
 
-    pub async fn reopen_log(&self, id: &str) -> Result<(), Status> {
+    pub async fn reopen_log(&self, id: &str) -> Result<(), Error> {
         let rec = self.running(id)?;
         let pod = self.pod(&rec.pod_id)?;
         let client = self.shim(&pod).await?;
@@ -1556,7 +1556,7 @@ impl Runtime {
     /// (a pod whose shim died meanwhile is cleaned up as [`Runtime::shim_lost`] says).
     /// The running pods' networks are then CHECKed in the background. Writable layers
     /// that no container record names any more (after a reboot) are removed.
-    pub async fn recover(self: &Arc<Self>) -> Result<(), Status> {
+    pub async fn recover(self: &Arc<Self>) -> Result<(), Error> {
         let mut attached = Vec::new();
         for pod in self.pods()? {
             if !pod.ready {
@@ -1601,7 +1601,7 @@ impl Runtime {
     /// Removes the writable layers (active snapshots, keyed by container ID) of containers
     /// that have no record, with their bundles: what a reboot leaves, since it empties the
     /// state dir with the records but not the root with the layers.
-    fn remove_orphan_layers(&self) -> Result<(), Status> {
+    fn remove_orphan_layers(&self) -> Result<(), Error> {
         let known: HashSet<String> = self.containers()?.into_iter().map(|c| c.id).collect();
         let snapshots = self.images.snapshotter();
         let orphans = snapshots
@@ -1669,7 +1669,7 @@ struct LayerMaking {
 impl LayerMaking {
     /// The layer's overlay, or why it could not be made (then `recorded` has been awaited
     /// already, and nothing was recorded).
-    async fn placed(&mut self, id: &str) -> Result<cairn_kernel::overlay::OverlayMount, Status> {
+    async fn placed(&mut self, id: &str) -> Result<cairn_kernel::overlay::OverlayMount, Error> {
         if let Ok(overlay) = (&mut self.placed).await {
             return Ok(overlay);
         }
@@ -1692,12 +1692,12 @@ struct CgroupMaking {
 impl CgroupMaking {
     /// Hands over the limits of `oci` (None: the spec could not be built) and waits until
     /// the cgroup is made.
-    async fn finish(self, oci: Option<&oci_spec::runtime::Spec>, id: &str) -> Result<(), Status> {
+    async fn finish(self, oci: Option<&oci_spec::runtime::Spec>, id: &str) -> Result<(), Error> {
         let _ = self.limits.send(oci.and_then(|o| o.linux().clone()));
         self.made
             .await
             .map_err(internal)?
-            .map_err(|e| Status::failed_precondition(format!("container {id}: {e}")))
+            .map_err(|e| Error::failed_precondition(format!("container {id}: {e}")))
     }
 }
 
@@ -1749,7 +1749,7 @@ impl ExecRef {
     }
 
     /// Creates and starts the exec.
-    async fn create_and_start(&self, req: &task::ExecProcessRequest) -> Result<(), Status> {
+    async fn create_and_start(&self, req: &task::ExecProcessRequest) -> Result<(), Error> {
         self.client
             .exec(ctx(), req)
             .await
@@ -1767,13 +1767,13 @@ impl ExecRef {
     }
 
     /// Waits for the exec's exit code.
-    async fn wait(&self) -> Result<i32, Status> {
+    async fn wait(&self) -> Result<i32, Error> {
         let w = self.client.wait(ctx(), &self.wait_req()).await;
         Ok(w.map_err(|e| ttrpc_status(&self.what(), e))?.exit_status as i32)
     }
 
     /// Creates, starts and waits for the exec; a timeout (seconds, > 0) kills it.
-    async fn run(&self, req: &task::ExecProcessRequest, timeout: i64) -> Result<i32, Status> {
+    async fn run(&self, req: &task::ExecProcessRequest, timeout: i64) -> Result<i32, Error> {
         self.create_and_start(req).await?;
         if timeout <= 0 {
             return self.wait().await;
@@ -1807,8 +1807,8 @@ impl Drop for ExecRef {
 }
 
 /// The error of an ExecSync killed at its deadline.
-fn timed_out(id: &str, timeout: i64) -> Status {
-    Status::deadline_exceeded(format!(
+fn timed_out(id: &str, timeout: i64) -> Error {
+    Error::deadline_exceeded(format!(
         "ExecSync in {id}: command timed out after {timeout}s and was killed"
     ))
 }
@@ -1916,9 +1916,9 @@ fn is_host_network(config: &cri::PodSandboxConfig) -> bool {
 }
 
 /// The pod as CNI sees it, with the namespace its shim holds.
-fn pod_network(p: &PodRecord) -> Result<cni::PodNetwork, Status> {
+fn pod_network(p: &PodRecord) -> Result<cni::PodNetwork, Error> {
     cni::PodNetwork::from_sandbox(&p.id, &p.config, &podns::ns_path(&p.dir, "net"))
-        .map_err(|e| Status::invalid_argument(format!("pod sandbox {}: {e}", p.id)))
+        .map_err(|e| Error::invalid_argument(format!("pod sandbox {}: {e}", p.id)))
 }
 
 fn namespace_mode(

@@ -9,26 +9,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::stdio::Tee;
+use crate::stdio::{Stream, Tee};
 
 /// Longest line written as one record; longer ones are split into `P` records.
 pub const MAX_LINE: usize = 16 * 1024;
-
-/// Which stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-}
 
 /// A container's log file, shared by its stdout and stderr copiers.
 #[derive(Debug)]

@@ -5,6 +5,7 @@
 //! output into CRI logs and to attached clients ([`crilog`], [`stdio`]) and records their
 //! exits. The binary (`cairn-shim`) is a thin edge over this library.
 
+pub mod collect;
 pub mod crilog;
 pub mod execsync;
 pub mod launch;

@@ -12,7 +12,7 @@
 //! `UpdateTaskRequest.resources` is JSON `LinuxResources`; the annotation
 //! `io.cairn.reopen-log` reopens the container's log instead.
 //!
-//! ExecSync has a one-call path beside the Task API ([`crate::execsync`]): the handler
+//! ExecSync has a one-call path beside the Task API (module `execsync`): the handler
 //! thread launches the exec, reads its output from pipes, waits for it through a pidfd
 //! and reaps it; no output files, no waiter thread.
 //!
@@ -34,9 +34,10 @@ use containerd_shim_protos::ttrpc::{self, TtrpcContext};
 use containerd_shim_protos::types::empty::Empty;
 use containerd_shim_protos::types::task::Status;
 
-use crate::crilog::{spawn_copiers, LogFile, Stream};
+use crate::crilog::{spawn_copiers, LogFile};
 use crate::launch::oci::OciRuntime;
 use crate::launch::{self, Created, Stdio};
+use crate::stdio::Stream;
 use crate::stdio::{self as streams, Stdin, Tee};
 use cairn_kernel::cgroup::{Cgroup, Layout};
 use cairn_kernel::overlay::OverlayMount;
@@ -727,7 +728,7 @@ impl TaskService {
     /// Runs an exec to its end in one call (`cairn.shim.v1.Exec/ExecSync`): registers it
     /// under its exec id (so that `Kill` and [`cancel_exec_sync`](Self::cancel_exec_sync)
     /// reach it), launches it without a start handshake, collects its output from pipes
-    /// (each stream up to [`crate::execsync::OUTPUT_LIMIT`]), kills it at the deadline,
+    /// (each stream up to [`cairn_proto::shim::exec::OUTPUT_LIMIT`]), kills it at the deadline,
     /// then forgets and reaps it. Errors are those of the Task API's Exec and Start.
     pub fn exec_sync(&self, req: &ExecSyncRequest) -> Result<ExecSyncResponse, ttrpc::Error> {
         let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
@@ -754,7 +755,7 @@ impl TaskService {
         }
         let deadline = (req.timeout_ms > 0)
             .then(|| std::time::Instant::now() + std::time::Duration::from_millis(req.timeout_ms));
-        let collected = crate::execsync::collect(pid, [out_r, err_r], deadline);
+        let collected = crate::collect::collect(pid, [out_r, err_r], deadline);
         // Forgotten before it is reaped: no Kill can reach its pid once it is reused.
         drop(slot);
         let exit_code = match collected.exited {

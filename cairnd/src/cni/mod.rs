@@ -121,16 +121,16 @@ impl From<(PathBuf, String)> for CniError {
 
 /// The gRPC status cairnd answers with: a missing/invalid config or bad input is the
 /// caller's precondition, a hung plugin a deadline, the rest internal.
-impl From<CniError> for tonic::Status {
-    fn from(e: CniError) -> tonic::Status {
+impl From<CniError> for crate::error::Error {
+    fn from(e: CniError) -> crate::error::Error {
         let msg = e.to_string();
         match e {
             CniError::NotReady(_) | CniError::NotAttached(_) => {
-                tonic::Status::failed_precondition(msg)
+                crate::error::Error::failed_precondition(msg)
             }
-            CniError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-            CniError::Timeout { .. } => tonic::Status::deadline_exceeded(msg),
-            _ => tonic::Status::internal(msg),
+            CniError::InvalidArgument(_) => crate::error::Error::invalid_argument(msg),
+            CniError::Timeout { .. } => crate::error::Error::deadline_exceeded(msg),
+            _ => crate::error::Error::internal(msg),
         }
     }
 }

@@ -10,8 +10,8 @@ use cairn_snapshotter::manifest::image_user;
 use cairn_snapshotter::registry::Credentials;
 use tonic::{Request, Response, Status};
 
+use super::control::release_freed_memory;
 use super::status;
-use crate::control::release_freed_memory;
 
 pub struct Images {
     images: Arc<ImageService>,

@@ -4,6 +4,7 @@
 
 mod alpha;
 pub mod authority;
+pub mod control;
 mod deadline;
 mod image;
 mod runtime;
@@ -16,24 +17,32 @@ use anyhow::Context;
 use cairn_proto::control::control_server::ControlServer;
 use cairn_proto::cri::image_service_server::ImageServiceServer;
 use cairn_proto::cri::runtime_service_server::RuntimeServiceServer;
-use cairn_snapshotter::error::ErrorKind;
 use cairn_snapshotter::image::ImageService;
 
 pub use alpha::AlphaLayer;
 
 /// Maps an image-side error onto a gRPC status with the same message.
 pub fn status(e: cairn_snapshotter::Error) -> tonic::Status {
-    let msg = e.to_string();
-    match e.kind() {
-        ErrorKind::NotFound => tonic::Status::not_found(msg),
-        ErrorKind::InvalidArgument => tonic::Status::invalid_argument(msg),
-        ErrorKind::AlreadyExists => tonic::Status::already_exists(msg),
-        ErrorKind::FailedPrecondition => tonic::Status::failed_precondition(msg),
-        ErrorKind::Unavailable => tonic::Status::unavailable(msg),
-        ErrorKind::Unauthenticated => tonic::Status::unauthenticated(msg),
-        ErrorKind::ResourceExhausted => tonic::Status::resource_exhausted(msg),
-        ErrorKind::DataLoss => tonic::Status::data_loss(msg),
-        ErrorKind::Internal => tonic::Status::internal(msg),
+    crate::error::Error::from(e).into()
+}
+
+/// The one place cairnd's domain errors become gRPC codes.
+impl From<crate::error::Error> for tonic::Status {
+    fn from(e: crate::error::Error) -> tonic::Status {
+        use crate::error::Code;
+        let code = match e.code() {
+            Code::NotFound => tonic::Code::NotFound,
+            Code::AlreadyExists => tonic::Code::AlreadyExists,
+            Code::InvalidArgument => tonic::Code::InvalidArgument,
+            Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+            Code::Unavailable => tonic::Code::Unavailable,
+            Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            Code::ResourceExhausted => tonic::Code::ResourceExhausted,
+            Code::Unauthenticated => tonic::Code::Unauthenticated,
+            Code::DataLoss => tonic::Code::DataLoss,
+            Code::Internal => tonic::Code::Internal,
+        };
+        tonic::Status::new(code, e.message())
     }
 }
 
@@ -58,7 +67,7 @@ pub async fn serve(
             runtime, streaming,
         )))
         .add_service(ImageServiceServer::new(image::Images::new(images.clone())))
-        .add_service(ControlServer::new(crate::control::Control::new(images)))
+        .add_service(ControlServer::new(control::Control::new(images)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving CRI")?;

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::error::Error;
 use cairn_proto::cri;
 use cairn_streaming::{Streams, TerminalSize};
 use containerd_shim_protos::shim::shim as task;
@@ -19,7 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::Status;
 
 use super::{ctx, internal, new_id, ttrpc_status, ContainerRecord, ExecRef, Runtime};
 use cairn_proto::shim::bundle::{AttachPaths, ATTACH};
@@ -34,14 +34,14 @@ struct Fifos {
 }
 
 impl Fifos {
-    fn new(bundle: &Path, session: &str) -> Result<Fifos, Status> {
+    fn new(bundle: &Path, session: &str) -> Result<Fifos, Error> {
         let dir = bundle.join(format!("io-{session}"));
         std::fs::create_dir(&dir)
             .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
         Ok(Fifos { dir })
     }
 
-    fn make(&self, name: &str) -> Result<PathBuf, Status> {
+    fn make(&self, name: &str) -> Result<PathBuf, Error> {
         let path = self.dir.join(name);
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| internal(format!("mkfifo {}: {e}", path.display())))?;
@@ -49,7 +49,7 @@ impl Fifos {
     }
 
     /// An output FIFO, opened for reading: (path for the shim, cairnd's end).
-    fn output(&self, name: &str) -> Result<(String, pipe::Receiver), Status> {
+    fn output(&self, name: &str) -> Result<(String, pipe::Receiver), Error> {
         let path = self.make(name)?;
         let rx = pipe::OpenOptions::new()
             .open_receiver(&path)
@@ -58,7 +58,7 @@ impl Fifos {
     }
 
     /// The stdin FIFO, opened read-write so that neither side's open blocks.
-    fn input(&self) -> Result<(String, pipe::Sender), Status> {
+    fn input(&self) -> Result<(String, pipe::Sender), Error> {
         let path = self.make("stdin")?;
         let tx = pipe::OpenOptions::new()
             .read_write(true)
@@ -145,10 +145,10 @@ impl Drop for Pumps {
 }
 
 impl Runtime {
-    pub(crate) fn running(&self, id: &str) -> Result<ContainerRecord, Status> {
+    pub(crate) fn running(&self, id: &str) -> Result<ContainerRecord, Error> {
         let rec = self.container(id)?;
         if rec.state != cri::ContainerState::ContainerRunning as i32 {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "container {} is not running",
                 rec.id
             )));
@@ -162,10 +162,10 @@ impl Runtime {
         id: &str,
         cmd: Vec<String>,
         streams: Streams,
-    ) -> Result<i32, Status> {
+    ) -> Result<i32, Error> {
         let rec = self.running(id)?;
         if cmd.is_empty() {
-            return Err(Status::invalid_argument("Exec: cmd is empty"));
+            return Err(Error::invalid_argument("Exec: cmd is empty"));
         }
         let pod = self.pod(&rec.pod_id)?;
         let client = self.shim(&pod).await?;
@@ -217,7 +217,7 @@ impl Runtime {
 
     /// Attaches the client's streams to a running container's main process until it
     /// exits, or the client's output goes away.
-    pub async fn attach_streams(&self, id: &str, streams: Streams) -> Result<(), Status> {
+    pub async fn attach_streams(&self, id: &str, streams: Streams) -> Result<(), Error> {
         let rec = self.running(id)?;
         let pod = self.pod(&rec.pod_id)?;
         let client = self.shim(&pod).await?;
@@ -289,10 +289,10 @@ impl Runtime {
         &self,
         pod_id: &str,
         port: u16,
-    ) -> Result<tokio::net::TcpStream, Status> {
+    ) -> Result<tokio::net::TcpStream, Error> {
         let pod = self.pod(pod_id)?;
         if !pod.ready {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "pod sandbox {} is not ready",
                 pod.id
             )));
@@ -313,7 +313,7 @@ impl Runtime {
             .await
             .map_err(|_| internal("port-forward connector died"))?
             .map_err(|e| {
-                Status::unavailable(format!(
+                Error::unavailable(format!(
                     "pod sandbox {pod_id}: connecting to port {port}: {e}"
                 ))
             })?;
@@ -341,12 +341,12 @@ fn connect_in(netns: Option<&Path>, port: u16) -> std::io::Result<std::net::TcpS
 /// URLs that `Exec`, `Attach` and `PortForward` returned.
 pub struct StreamingRuntime(pub std::sync::Arc<Runtime>);
 
-fn stream_error(s: Status) -> cairn_streaming::StreamError {
+fn stream_error(s: Error) -> cairn_streaming::StreamError {
     use cairn_streaming::StreamError;
     let msg = s.message().to_string();
     match s.code() {
-        tonic::Code::NotFound => StreamError::NotFound(msg),
-        tonic::Code::InvalidArgument => StreamError::InvalidArgument(msg),
+        crate::error::Code::NotFound => StreamError::NotFound(msg),
+        crate::error::Code::InvalidArgument => StreamError::InvalidArgument(msg),
         _ => StreamError::Other(msg),
     }
 }

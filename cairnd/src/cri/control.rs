@@ -11,7 +11,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::cri::status;
+use super::status;
 
 pub struct Control {
     images: Arc<ImageService>,
