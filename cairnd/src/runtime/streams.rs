@@ -21,7 +21,8 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{ctx, internal, new_id, ttrpc_status, ContainerRecord, ExecRef, Runtime};
+use super::exec::ExecRef;
+use super::{ctx, internal, new_id, ttrpc_status, ContainerRecord, Runtime};
 use cairn_proto::shim::bundle::{AttachPaths, ATTACH};
 
 /// How long output may still flow after the process exited (a child that kept its
