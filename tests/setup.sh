@@ -50,6 +50,13 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# kubectl: an independent client of the streaming server (streaming/tests/kubectl.rs).
+# Some machines bring their own; Debian's kubernetes-client otherwise.
+if ! command -v kubectl >/dev/null; then
+  apt_update
+  apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
+
 # node + npm: the independent SPDY/WebSocket clients of the streaming tests. Some
 # machines bring their own Node.js; Debian's otherwise.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

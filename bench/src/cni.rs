@@ -266,10 +266,8 @@ mod tests {
     async fn real_plugins_are_added_then_deleted_also_after_a_failure() {
         let plugins = Path::new(crate::host::CNI_PLUGINS);
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !plugins.join("bridge").exists() {
-            eprintln!("skipped: needs root and {}", plugins.display());
-            return;
-        }
+        let ready = unsafe { libc::geteuid() } == 0 && plugins.join("bridge").exists();
+        assert!(ready, "this test needs root and {}", plugins.display());
         let dir = tempfile::tempdir().unwrap();
         let bridge = cairn_tests::net::Bridge::new();
         let chain = Chain::load(&real_list(dir.path(), &bridge.name, "loopback"), plugins).unwrap();

@@ -25,9 +25,10 @@ fn kubectl_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("kubectl not installed: skipping the kubectl interoperability test");
-    }
+    assert!(
+        found,
+        "kubectl is not installed: run tests/setup.sh (Debian's kubernetes-client)"
+    );
     found
 }
 
