@@ -9,17 +9,7 @@ async fn main() {
         .unwrap_or("2000".into())
         .parse()
         .unwrap();
-    let path = std::path::PathBuf::from(sock);
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(connector)
+    let ch = cairn_proto::client::unix_channel(std::path::Path::new(&sock))
         .await
         .unwrap();
     let mut rt = RuntimeServiceClient::new(ch);

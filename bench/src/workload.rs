@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use cairn_proto::cri;
 use cairn_proto::cri::image_service_client::ImageServiceClient;
 use cairn_proto::cri::runtime_service_client::RuntimeServiceClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// How long one CRI call may take before the run fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -29,17 +29,7 @@ pub struct Target {
 
 /// A gRPC channel over a unix socket.
 pub async fn connect(socket: &Path) -> Result<Channel> {
-    let path = socket.to_path_buf();
-    let connector = tower::service_fn(move |_: Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    Endpoint::try_from("http://[::]:50051")
-        .context("bad endpoint URI")?
-        .connect_with_connector(connector)
+    cairn_proto::client::unix_channel(socket)
         .await
         .with_context(|| format!("cannot connect to {}", socket.display()))
 }

@@ -96,16 +96,7 @@ enum ImageCommand {
 }
 
 async fn channel(socket: &std::path::Path) -> anyhow::Result<Channel> {
-    let path = socket.to_path_buf();
-    tonic::transport::Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
+    cairn_proto::client::unix_channel(socket)
         .await
         .with_context(|| format!("connecting to cairnd at {}", socket.display()))
 }

@@ -10,6 +10,7 @@
 //! * [`caps`]: capability names, numbers and the default set.
 //! * [`overlay`]: overlay mounts of a snapshot's layers.
 //! * [`mountinfo`]: the mount table.
+//! * [`process`]: pidfds and the wall clock.
 
 pub mod caps;
 pub mod cgroup;
@@ -17,4 +18,5 @@ pub mod devfilter;
 pub mod devices;
 pub mod mountinfo;
 pub mod overlay;
+pub mod process;
 pub mod seccomp;

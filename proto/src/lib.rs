@@ -16,6 +16,9 @@ pub use k8s_cri::v1alpha2 as cri_alpha;
 
 pub mod shim;
 
+#[cfg(feature = "cri")]
+pub mod client;
+
 /// cairn's control API (pull progress, import, disk usage).
 #[cfg(feature = "cri")]
 pub mod control {

@@ -4,7 +4,7 @@
 //! on a full pipe), waits for its exit through a pidfd, and kills it at its deadline.
 //! Used by the ExecSync service (`execsync`) through the Task service.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use cairn_proto::shim::exec::OUTPUT_LIMIT;
@@ -51,7 +51,8 @@ pub(crate) struct Collected {
 /// Output written after the exit by processes it left behind (holding the pipes) is not
 /// waited for: the pipes are drained of what is there and closed.
 pub(crate) fn collect(pid: i32, outputs: [OwnedFd; 2], deadline: Option<Instant>) -> Collected {
-    let pidfd = pidfd_open(pid);
+    // None where the kernel has no pidfds: then the exit is polled.
+    let pidfd = cairn_kernel::process::pidfd_open(pid);
     for fd in &outputs {
         set_nonblocking(fd.as_raw_fd());
     }
@@ -157,17 +158,6 @@ fn poll(
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
     // On EINTR (n < 0), nothing is ready: the caller comes back.
     fds.map(|f| n > 0 && f.fd >= 0 && f.revents != 0)
-}
-
-/// A pidfd for our child `pid`; None where the kernel has none (then the exit is polled).
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open(pid, 0) returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh descriptor we now own (pidfds are close-on-exec).
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Whether our child `pid` has exited, without reaping it.

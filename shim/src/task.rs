@@ -48,9 +48,7 @@ use cairn_proto::shim::exec::{ExecSyncRequest, ExecSyncResponse};
 use cairn_proto::shim::exit::{write_exit, Exit};
 use cairn_proto::shim::stats::StatsJson;
 
-fn now_ns() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
-}
+use cairn_kernel::process::now_ns;
 
 /// A container process set up and waiting for start.
 enum Pending {

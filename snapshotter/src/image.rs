@@ -129,9 +129,7 @@ pub struct ImageService {
     root: PathBuf,
 }
 
-fn now_ns() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
-}
+use cairn_kernel::process::now_ns;
 
 impl ImageService {
     /// Opens the stores under `root`, cleaning up whatever a crash left half-done.

@@ -54,9 +54,7 @@ pub struct Snapshotter {
     store: Arc<Store>,
 }
 
-fn now_ns() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
-}
+use cairn_kernel::process::now_ns;
 
 impl Snapshotter {
     /// Opens the snapshot dir, deleting temp dirs and dirs with no record (left by a crash).

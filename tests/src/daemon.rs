@@ -28,7 +28,7 @@ use cairn_proto::cri::runtime_service_client::RuntimeServiceClient;
 use cairn_proto::cri_alpha::image_service_client::ImageServiceClient as AlphaImageServiceClient;
 use cairn_proto::cri_alpha::runtime_service_client::RuntimeServiceClient as AlphaRuntimeServiceClient;
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::util::{kill_child, stop_child, tail};
 
@@ -110,7 +110,8 @@ fn check_fresh(bin: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A source file (`.rs`, `.proto`) at or below `path` modified after `than`, if any.
+/// A source file (`.rs` but a test-only `tests.rs`, `.proto`) at or below `path` modified
+/// after `than`, if any.
 fn newer_file(path: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     if meta.is_dir() {
@@ -119,7 +120,9 @@ fn newer_file(path: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
             .flatten()
             .find_map(|e| newer_file(&e.path(), than));
     }
-    let source = path.extension().is_some_and(|e| e == "rs" || e == "proto");
+    // A `tests.rs` is compiled only into unit tests, never into a binary.
+    let test_only = path.file_name().is_some_and(|n| n == "tests.rs");
+    let source = !test_only && path.extension().is_some_and(|e| e == "rs" || e == "proto");
     let newer = source && meta.modified().is_ok_and(|m| m > than);
     newer.then(|| path.to_path_buf())
 }
@@ -365,17 +368,7 @@ impl Cairnd {
 
     /// A gRPC channel over the daemon's unix socket.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        let path = self.socket();
-        let connector = tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        });
-        Endpoint::try_from("http://[::]:50051")
-            .context("bad endpoint URI")?
-            .connect_with_connector(connector)
+        cairn_proto::client::unix_channel(&self.socket())
             .await
             .with_context(|| format!("cannot connect to {}", self.socket().display()))
     }

@@ -6,6 +6,7 @@
 //!   whiteouts, xattrs, devices, zstd/gzip/uncompressed, OCI or Docker media types,
 //!   multi-platform indexes) and pushed with `skopeo copy`.
 //! * [`daemon`]: runs `cairnd` on private dirs and connects CRI/control clients to its socket.
+//! * [`cni`]: a private CNI network per test (dirs, bridge, subnet, network lists).
 //! * [`net`]: network namespaces, a private bridge, iptables cleanup and TCP inside a
 //!   namespace, for the CNI tests.
 //! * [`clients`]: CRI clients that are not cairn's (grpc-go 1.33, gRPC C-core), built from
@@ -13,6 +14,7 @@
 //! * [`util`]: free ports and process helpers.
 
 pub mod clients;
+pub mod cni;
 pub mod daemon;
 pub mod image;
 pub mod net;

@@ -8,58 +8,34 @@
 //! Needs root, iproute2, iptables, util-linux (unshare, nsenter) and
 //! `apt-get install containernetworking-plugins`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use cairn_tests::net::{fetch, iptables_dump, Bridge, NetNs, PortmapChains, Server};
+use cairn_tests::cni::{Network, PLUGINS};
+use cairn_tests::net::{fetch, iptables_dump, NetNs, PortmapChains, Server};
 use cairnd::cni::{Cni, CniConfig, CniError, PodNetwork, PortMapping};
 use serde_json::{json, Value};
 
-const PLUGINS: &str = "/usr/lib/cni";
-
-static SUBNET: AtomicU8 = AtomicU8::new(1);
-
-/// One test's private network: a bridge name, a subnet and its dirs.
+/// One test's private network (subnet 10.123.<n>.0/24), and cairnd's CNI client on it.
 struct Fixture {
-    dir: tempfile::TempDir,
-    n: u8,
-    network: String,
-    bridge: Bridge,
+    net: Network,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Network;
+    fn deref(&self) -> &Network {
+        &self.net
+    }
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        assert!(
-            Path::new(PLUGINS).join("bridge").exists(),
-            "needs `apt-get install containernetworking-plugins`"
-        );
         // SAFETY: geteuid has no preconditions.
         assert_eq!(unsafe { libc::geteuid() }, 0, "the CNI tests need root");
-        let dir = tempfile::tempdir().unwrap();
-        for sub in ["net.d", "bin", "cache", "ipam"] {
-            std::fs::create_dir(dir.path().join(sub)).unwrap();
-        }
-        let n = SUBNET.fetch_add(1, Ordering::Relaxed);
         Fixture {
-            dir,
-            n,
-            network: format!("cairn-test-{}-{n}", std::process::id()),
-            bridge: Bridge::new(),
+            net: Network::new("cairn-test", "10.123"),
         }
-    }
-
-    fn conf_dir(&self) -> PathBuf {
-        self.dir.path().join("net.d")
-    }
-
-    fn bin_dir(&self) -> PathBuf {
-        self.dir.path().join("bin")
-    }
-
-    fn cache_dir(&self) -> PathBuf {
-        self.dir.path().join("cache")
     }
 
     fn cni(&self) -> Cni {
@@ -72,65 +48,20 @@ impl Fixture {
     }
 
     fn subnet_prefix(&self) -> String {
-        format!("10.123.{}.", self.n)
-    }
-
-    /// bridge (host-local IPAM, gateway on the bridge, no masquerade).
-    fn bridge_plugin(&self) -> Value {
-        json!({
-            "type": "bridge",
-            "bridge": self.bridge.name,
-            "isGateway": true,
-            "ipMasq": false,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": format!("10.123.{}.0/24", self.n)}]],
-                "dataDir": self.dir.path().join("ipam"),
-            }
-        })
-    }
-
-    fn list(&self, plugins: Vec<Value>) -> Value {
-        json!({"cniVersion": "1.0.0", "name": self.network, "plugins": plugins})
+        self.prefix()
     }
 
     /// The usual list: bridge, then loopback (which passes the result through).
     fn standard_list(&self) -> Value {
-        self.list(vec![self.bridge_plugin(), json!({"type": "loopback"})])
+        self.list_with(Vec::new())
     }
 
     fn with_portmap(&self) -> Value {
-        self.list(vec![
-            self.bridge_plugin(),
-            json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}),
-            json!({"type": "loopback"}),
-        ])
+        self.list_with(vec![Network::portmap_plugin()])
     }
 
     fn write_conf(&self, file: &str, conf: &Value) {
-        let tmp = self.dir.path().join(".conf.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(conf).unwrap()).unwrap();
-        std::fs::rename(tmp, self.conf_dir().join(file)).unwrap();
-    }
-
-    /// A plugin of the tests' own in the private bin dir.
-    fn write_plugin(&self, name: &str, script: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        let path = self.bin_dir().join(name);
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-
-    /// The addresses host-local holds for this network.
-    fn allocated(&self) -> Vec<String> {
-        let dir = self.dir.path().join("ipam").join(&self.network);
-        let Ok(read) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        read.filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.parse::<IpAddr>().is_ok())
-            .collect()
+        self.write_value(file, conf);
     }
 
     /// Attachment records left in the cache dir.
@@ -199,7 +130,7 @@ async fn two_pods_get_distinct_ips_and_talk_over_tcp() {
     let fx = Fixture::new();
     fx.write_conf("10-test.conflist", &fx.standard_list());
     let cni = fx.cni();
-    assert_eq!(cni.status(), Ok(fx.network.clone()));
+    assert_eq!(cni.status(), Ok(fx.name.clone()));
     let (a, b) = (NetNs::new().unwrap(), NetNs::new().unwrap());
     let (pa, pb) = (fx.pod("a", &a), fx.pod("b", &b));
 
@@ -210,7 +141,7 @@ async fn two_pods_get_distinct_ips_and_talk_over_tcp() {
     for ip in [ipa, ipb] {
         assert!(ip.to_string().starts_with(&fx.subnet_prefix()), "{ip}");
     }
-    assert_eq!(ra.network, fx.network);
+    assert_eq!(ra.network, fx.name);
     assert_eq!(a.ipv4_of("eth0").unwrap(), vec![ipa.to_string()]);
     assert_eq!(b.ipv4_of("eth0").unwrap(), vec![ipb.to_string()]);
     assert_eq!(fx.bridge.ports().len(), 2);
@@ -369,7 +300,7 @@ async fn a_malformed_config_is_reported_and_creates_nothing() {
     // Valid JSON, invalid list: the reason says what is wrong.
     fx.write_conf(
         "10-test.conflist",
-        &json!({"cniVersion": "1.0.0", "name": fx.network, "plugins": [{"bridge": "x"}]}),
+        &json!({"cniVersion": "1.0.0", "name": fx.name, "plugins": [{"bridge": "x"}]}),
     );
     let reason = cni.status().unwrap_err();
     assert!(reason.contains("no plugin \"type\""), "{reason}");
@@ -397,7 +328,7 @@ async fn a_missing_plugin_is_named_and_nothing_is_left() {
     }
     let msg = err.to_string();
     assert!(
-        msg.contains("cairn-no-such-plugin") && msg.contains(&fx.network),
+        msg.contains("cairn-no-such-plugin") && msg.contains(&fx.name),
         "{msg}"
     );
     fx.assert_clean();
@@ -449,7 +380,7 @@ fi
                 ),
                 ("cairn-fail", "ADD", 99, "boom", "on purpose")
             );
-            assert_eq!(network, &fx.network);
+            assert_eq!(network, &fx.name);
         }
         other => panic!("{other:?}"),
     }
@@ -470,7 +401,7 @@ fi
         )
     );
     let conf: Value = serde_json::from_str(add[4]).unwrap();
-    assert_eq!(conf["name"], fx.network.as_str());
+    assert_eq!(conf["name"], fx.name.as_str());
     assert_eq!(conf["cniVersion"], "1.0.0");
     assert!(conf["prevResult"]["ips"][0]["address"]
         .as_str()
@@ -494,7 +425,7 @@ async fn a_config_added_later_is_picked_up() {
     fx.assert_clean();
 
     fx.write_conf("50-test.conflist", &fx.standard_list());
-    assert_eq!(cni.status(), Ok(fx.network.clone()));
+    assert_eq!(cni.status(), Ok(fx.name.clone()));
     let r = cni.add(&pa).await.unwrap();
     assert!(r.pod_ip().is_some());
 
@@ -576,7 +507,7 @@ async fn pods_added_and_deleted_in_a_loop_leave_nothing_behind() {
     }
     fx.assert_clean();
     let dump = iptables_dump();
-    assert!(!dump.contains(&fx.network), "rules left:\n{dump}");
+    assert!(!dump.contains(&fx.name), "rules left:\n{dump}");
     drop(fx);
     drop(chains);
 }

@@ -26,14 +26,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_proto::cri;
+use cairn_tests::cni::Network;
 use cairn_tests::image::ImageConfig;
-use cairn_tests::net::{Bridge, PortmapChains};
+use cairn_tests::net::PortmapChains;
 use cairn_tests::util::{free_port, stop_child};
 use pods_common::*;
 use serde_json::{json, Value};
 
 const KUBELET_VERSION: &str = "v1.20.2";
-const PLUGINS: &str = "/usr/lib/cni";
 
 /// The kubelet binary: `$CAIRN_KUBELET`, else where tests/setup.sh builds it.
 fn kubelet_bin() -> PathBuf {
@@ -307,83 +307,24 @@ fn container_status<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|c| c["name"] == name)
 }
 
-/// The private CNI network: bridge, host-local IPAM in a temp dir, portmap for hostPorts.
-struct Network {
-    dir: tempfile::TempDir,
-    bridge: Bridge,
+/// The private CNI network (bridge, host-local IPAM, portmap for hostPorts), and the
+/// portmap chains it adds, removed on drop.
+struct KubeletNet {
+    net: Network,
     _portmap: PortmapChains,
 }
 
-impl Network {
-    fn new() -> Network {
-        assert!(
-            Path::new(PLUGINS).join("bridge").exists(),
-            "needs containernetworking-plugins: run tests/setup.sh"
+impl KubeletNet {
+    fn new() -> KubeletNet {
+        let net = Network::new("cairn-kubelet", "10.125");
+        net.write_value(
+            "10-kubelet.conflist",
+            &net.list_with(vec![Network::portmap_plugin()]),
         );
-        let net = Network {
-            dir: tempfile::tempdir().unwrap(),
-            bridge: Bridge::new(),
+        KubeletNet {
+            net,
             _portmap: PortmapChains::take(),
-        };
-        std::fs::create_dir_all(net.dir.path().join("net.d")).unwrap();
-        let list = json!({
-            "cniVersion": "1.0.0",
-            "name": format!("cairn-kubelet-{}", std::process::id()),
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": net.bridge.name,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": "10.125.0.0/24"}]],
-                        "dataDir": net.ipam_dir(),
-                    }
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
-                {"type": "loopback"}
-            ]
-        });
-        std::fs::write(
-            net.dir.path().join("net.d/10-kubelet.conflist"),
-            list.to_string(),
-        )
-        .unwrap();
-        net
-    }
-
-    fn ipam_dir(&self) -> PathBuf {
-        self.dir.path().join("ipam")
-    }
-
-    fn toml(&self) -> String {
-        format!(
-            "\n[cni]\nconf_dirs = [{:?}]\nbin_dirs = [{PLUGINS:?}]\n",
-            self.dir.path().join("net.d").display().to_string()
-        )
-    }
-
-    /// IPs host-local still has allocated.
-    fn allocated(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for net in std::fs::read_dir(self.ipam_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for e in std::fs::read_dir(net.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.parse::<std::net::IpAddr>().is_ok() {
-                    out.push(name);
-                }
-            }
         }
-        out
     }
 }
 
@@ -398,7 +339,7 @@ fn pod_manifest(name: &str, namespace: &str, spec: Value) -> Value {
 
 #[tokio::test]
 async fn kubelet_runs_probes_restarts_and_removes_static_pods() {
-    let net = Network::new();
+    let KubeletNet { net, _portmap } = KubeletNet::new();
     let node = Node::with(ImageConfig::default(), &net.toml()).await;
     let namespace = format!("kubelet-test-{}", std::process::id());
     let mut kubelet = Kubelet::start(&node.d.socket(), &namespace);
@@ -480,7 +421,7 @@ async fn kubelet_runs_probes_restarts_and_removes_static_pods() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(ip.starts_with("10.125.0."), "pod IP from CNI: {web:#}");
+    assert!(ip.starts_with(&net.prefix()), "pod IP from CNI: {web:#}");
     // Through the hostPort, from the host.
     let deadline = Instant::now() + Duration::from_secs(20);
     let served = loop {

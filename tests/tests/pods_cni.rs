@@ -20,73 +20,33 @@
 
 mod pods_common;
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_proto::cri;
+use cairn_tests::cni::{Network, PLUGINS};
 use cairn_tests::image::ImageConfig;
-use cairn_tests::net::{fetch, iptables_dump, link_exists, Bridge, PortmapChains};
+use cairn_tests::net::{fetch, iptables_dump, link_exists, PortmapChains};
 use pods_common::*;
 use serde_json::{json, Value};
 
-const PLUGINS: &str = "/usr/lib/cni";
-
-static SUBNET: AtomicU8 = AtomicU8::new(1);
-
-/// One test's private network: conf dir, IPAM dir, bridge and subnet.
+/// One test's private network (subnet 10.124.<n>.0/24), with `cairn-rec`, a plugin of
+/// the tests' own.
 struct Net {
-    dir: tempfile::TempDir,
-    n: u8,
-    network: String,
-    bridge: Bridge,
+    net: Network,
+}
+
+impl std::ops::Deref for Net {
+    type Target = Network;
+    fn deref(&self) -> &Network {
+        &self.net
+    }
 }
 
 impl Net {
     fn new() -> Net {
-        assert!(
-            Path::new(PLUGINS).join("bridge").exists(),
-            "needs `apt-get install containernetworking-plugins`"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        for sub in ["net.d", "ipam", "bin"] {
-            std::fs::create_dir(dir.path().join(sub)).unwrap();
-        }
-        let n = SUBNET.fetch_add(1, Ordering::Relaxed);
         Net {
-            dir,
-            n,
-            network: format!("cairn-pods-{}-{n}", std::process::id()),
-            bridge: Bridge::new(),
+            net: Network::new("cairn-pods", "10.124"),
         }
-    }
-
-    fn conf_dir(&self) -> PathBuf {
-        self.dir.path().join("net.d")
-    }
-
-    fn bin_dir(&self) -> PathBuf {
-        self.dir.path().join("bin")
-    }
-
-    /// The `[cni]` section pointing cairnd at this network's private dirs (the private
-    /// bin dir for the tests' own plugins first).
-    fn toml(&self) -> String {
-        format!(
-            "\n[cni]\nconf_dirs = [{:?}]\nbin_dirs = [{:?}, {PLUGINS:?}]\n",
-            self.conf_dir().display().to_string(),
-            self.bin_dir().display().to_string()
-        )
-    }
-
-    fn prefix(&self) -> String {
-        format!("10.124.{}.", self.n)
-    }
-
-    /// The bridge's address: the pods' gateway, an address of the host.
-    fn gateway(&self) -> String {
-        format!("10.124.{}.1", self.n)
     }
 
     /// bridge (gateway on the bridge, host-local IPAM in the private dir), then loopback.
@@ -94,29 +54,10 @@ impl Net {
         self.list_with(Vec::new())
     }
 
-    /// bridge, `middle`, then loopback.
-    fn list_with(&self, middle: Vec<Value>) -> Value {
-        let mut plugins = vec![json!({
-            "type": "bridge",
-            "bridge": self.bridge.name,
-            "isGateway": true,
-            "ipMasq": false,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": format!("10.124.{}.0/24", self.n)}]],
-                "dataDir": self.dir.path().join("ipam"),
-            }
-        })];
-        plugins.extend(middle);
-        plugins.push(json!({"type": "loopback"}));
-        json!({"cniVersion": "1.0.0", "name": self.network, "plugins": plugins})
-    }
-
     /// Installs `cairn-rec` in the private bin dir: a plugin that records every call
     /// (command, container ID, netns, config) in `calls.log`, fails the commands that
     /// [`Net::fail`] names, and otherwise acts as loopback does (passing prevResult on).
     fn write_rec_plugin(&self) {
-        use std::os::unix::fs::PermissionsExt;
         let script = format!(
             r#"#!/bin/sh
 stdin=$(cat)
@@ -129,9 +70,7 @@ printf '%s' "$stdin" | exec {PLUGINS}/loopback
 "#,
             dir = self.dir.path().display()
         );
-        let path = self.bin_dir().join("cairn-rec");
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self.write_plugin("cairn-rec", &script);
     }
 
     /// Makes `cairn-rec` fail `command` (ADD, DEL, CHECK) from now on.
@@ -161,52 +100,25 @@ printf '%s' "$stdin" | exec {PLUGINS}/loopback
         self.calls().into_iter().map(|c| c.command).collect()
     }
 
-    /// Writes `text` as conf file `name` atomically.
-    fn write(&self, name: &str, text: &str) {
-        let tmp = self.dir.path().join(".conf.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(tmp, self.conf_dir().join(name)).unwrap();
-    }
-
     fn write_list(&self) {
-        self.write_value(&self.list());
+        self.write_value("10-test.conflist", &self.list());
     }
 
     /// `list` with portmap after bridge (hostPort mappings; SNAT so that connections from
     /// the host's 127.0.0.1 are answered). portmap 1.1 has no option naming its chains:
     /// `PortmapChains` removes the ones it adds.
     fn write_list_with_portmap(&self) {
-        let mut list = self.list();
-        let plugins = list["plugins"].as_array_mut().unwrap();
-        plugins.insert(
-            1,
-            json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}),
-        );
-        self.write_value(&list);
-    }
-
-    fn write_value(&self, list: &Value) {
-        self.write(
+        self.write_value(
             "10-test.conflist",
-            &serde_json::to_string_pretty(list).unwrap(),
+            &self.list_with(vec![Network::portmap_plugin()]),
         );
     }
 
     /// What host-local keeps in the network's dir besides allocations.
     fn ipam_leftovers(&self) -> Vec<String> {
-        entries(&self.dir.path().join("ipam").join(&self.network))
+        self.ipam_entries()
             .into_iter()
-            .map(|e| e.to_string_lossy().into_owned())
             .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-            .collect()
-    }
-
-    /// The addresses host-local holds for this network.
-    fn allocated(&self) -> Vec<String> {
-        entries(&self.dir.path().join("ipam").join(&self.network))
-            .into_iter()
-            .map(|e| e.to_string_lossy().into_owned())
-            .filter(|n| n.parse::<IpAddr>().is_ok())
             .collect()
     }
 }
@@ -659,10 +571,13 @@ async fn a_pod_reaches_a_host_port_of_another_through_the_host() {
 async fn the_pod_dns_config_is_honoured() {
     let net = Net::new();
     net.write_rec_plugin();
-    net.write_value(&net.list_with(vec![json!({
-        "type": "cairn-rec",
-        "capabilities": {"dns": true, "portMappings": true}
-    })]));
+    net.write_value(
+        "10-test.conflist",
+        &net.list_with(vec![json!({
+            "type": "cairn-rec",
+            "capabilities": {"dns": true, "portMappings": true}
+        })]),
+    );
     let node = node(&net).await;
     let mut rt = node.rt().await;
 
@@ -750,10 +665,13 @@ async fn assert_nothing_left(node: &Node, rt: &mut Rt, net: &Net) {
 async fn a_missing_plugin_fails_the_pod_and_leaves_nothing() {
     let net = Net::new();
     net.write_rec_plugin();
-    net.write_value(&net.list_with(vec![
-        json!({"type": "cairn-rec"}),
-        json!({"type": "cairn-no-such-plugin"}),
-    ]));
+    net.write_value(
+        "10-test.conflist",
+        &net.list_with(vec![
+            json!({"type": "cairn-rec"}),
+            json!({"type": "cairn-no-such-plugin"}),
+        ]),
+    );
     let node = node(&net).await;
     let mut rt = node.rt().await;
     // The list itself is valid.
@@ -762,7 +680,7 @@ async fn a_missing_plugin_fails_the_pod_and_leaves_nothing() {
     let err = run_pod_err(&node, &mut rt, "missing").await;
     let msg = err.message();
     assert!(
-        msg.contains("\"cairn-no-such-plugin\" not found") && msg.contains(&net.network),
+        msg.contains("\"cairn-no-such-plugin\" not found") && msg.contains(&net.name),
         "{err:?}"
     );
     assert!(msg.contains(PLUGINS), "names the dirs searched: {err:?}");
@@ -776,7 +694,10 @@ async fn a_plugin_failing_half_way_is_torn_down() {
     let net = Net::new();
     net.write_rec_plugin();
     net.fail("ADD");
-    net.write_value(&net.list_with(vec![json!({"type": "cairn-rec"})]));
+    net.write_value(
+        "10-test.conflist",
+        &net.list_with(vec![json!({"type": "cairn-rec"})]),
+    );
     let node = node(&net).await;
     let mut rt = node.rt().await;
 
@@ -784,7 +705,7 @@ async fn a_plugin_failing_half_way_is_torn_down() {
     assert!(
         err.message().contains(&format!(
             "CNI network {}: plugin cairn-rec ADD failed: cairn-rec ADD failed on purpose (code 99)",
-            net.network
+            net.name
         )),
         "{err:?}"
     );
@@ -852,7 +773,10 @@ async fn logged(node: &Node, text: &str, n: usize) {
 async fn recovered_pods_are_checked_and_keep_running_when_check_fails() {
     let net = Net::new();
     net.write_rec_plugin();
-    net.write_value(&net.list_with(vec![json!({"type": "cairn-rec"})]));
+    net.write_value(
+        "10-test.conflist",
+        &net.list_with(vec![json!({"type": "cairn-rec"})]),
+    );
     let mut node = node(&net).await;
     let mut rt = node.rt().await;
     let pod = node.run_pod(&mut rt, "checked").await;

@@ -384,14 +384,7 @@ async fn bad_user_namespace_input_is_refused_and_creates_nothing() {
         let msg = refused(node.create(&mut rt, &pod, c).await, what);
         assert!(msg.contains(want), "{what}: {msg}");
     }
-    let containers = rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
-    assert!(containers.is_empty(), "{containers:?}");
-    assert!(entries(&node.d.state().join("containers")).is_empty());
+    assert_no_containers(&mut rt, &node).await;
 
     remove_pod(&mut rt, &pod).await;
     assert_clean(&node);

@@ -813,14 +813,7 @@ async fn bad_security_input_is_refused_and_creates_nothing() {
         let msg = refused(node.create(&mut rt, &pod, c).await, what);
         assert!(msg.contains(want), "{what}: {msg}");
     }
-    let containers = rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
-    assert!(containers.is_empty(), "{containers:?}");
-    assert!(entries(&node.d.state().join("containers")).is_empty());
+    assert_no_containers(&mut rt, &node).await;
 
     // RuntimeDefault AppArmor is accepted (the node has no AppArmor: it runs without).
     let mut c = node.container_config("apparmor", &["true"]);

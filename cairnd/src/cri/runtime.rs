@@ -169,9 +169,7 @@ fn u64v(value: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value })
 }
 
-fn now_ns() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
-}
+use cairn_kernel::process::now_ns;
 
 impl RuntimeApi {
     async fn container_stats(&self, c: &ContainerRecord) -> cri::ContainerStats {

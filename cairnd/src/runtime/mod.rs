@@ -57,15 +57,13 @@ use containerd_shim_protos::shim_async::TaskClient;
 use containerd_shim_protos::ttrpc;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, Mutex};
 
-fn now_ns() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
-}
+use cairn_kernel::process::now_ns;
 
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(e.to_string())
@@ -465,12 +463,6 @@ fn shim_pidfd(pod: &PodRecord) -> Option<OwnedFd> {
     if pod.shim_pid == 0 {
         return None;
     }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pod.shim_pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = cairn_kernel::process::pidfd_open(i32::try_from(pod.shim_pid).ok()?)?;
     shim_alive(pod).then_some(fd)
 }

@@ -29,22 +29,7 @@ const APPLETS: &[&str] = &[
 ];
 
 /// containerd's default capability set for CRI containers.
-const CRI_CAPS: &[Capability] = &[
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
+const CRI_CAPS: &[Capability] = &cairn_kernel::caps::DEFAULT_CAPABILITIES;
 
 /// A temp dir holding a busybox rootfs at `rootfs/`.
 pub(crate) struct Fixture {

@@ -272,6 +272,18 @@ pub async fn exec_out(rt: &mut Rt, id: &str, cmd: &[&str]) -> String {
     String::from_utf8_lossy(&r.stdout).trim().to_string()
 }
 
+/// Refused creates left nothing: no container listed, no container run dir.
+pub async fn assert_no_containers(rt: &mut Rt, node: &Node) {
+    let containers = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(containers.is_empty(), "{containers:?}");
+    assert!(entries(&node.d.state().join("containers")).is_empty());
+}
+
 pub async fn remove_pod(rt: &mut Rt, pod: &str) {
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
         pod_sandbox_id: pod.into(),
