@@ -20,7 +20,7 @@ impl Runtime {
     /// Removes everything a half-made or removed container had.
     pub(super) async fn discard_container(&self, rec: &ContainerRecord) {
         if let Ok(pod) = self.pod(&rec.pod_id) {
-            let client = match shim_alive(&pod) {
+            let client = match self.host.shim_alive(&pod) {
                 true => self.shim(&pod).await.ok(),
                 false => None,
             };
@@ -52,7 +52,7 @@ impl Runtime {
         let bundle = self.state.join("containers").join(&rec.id);
         // The shim of an OCI-runtime pod mounts the rootfs in the host's mount namespace;
         // if it could not unmount it (it died), do it before the layer goes.
-        let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+        self.host.unmount(&bundle.join("rootfs"));
         if let Err(e) = self.images.snapshotter().remove(&rec.id) {
             tracing::warn!(container = %rec.id, error = %e, "removing writable layer");
         }

@@ -22,7 +22,7 @@ impl Runtime {
             return Ok(());
         }
         let pod = self.pod(&rec.pod_id)?;
-        let client = match shim_alive(&pod) {
+        let client = match self.host.shim_alive(&pod) {
             true => self.shim(&pod).await.ok(),
             false => None,
         };

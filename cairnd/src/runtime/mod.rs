@@ -22,6 +22,7 @@ mod container_remove;
 mod container_start;
 mod container_stop;
 mod exec;
+mod host;
 mod records;
 mod recover;
 mod sandbox_remove;
@@ -29,8 +30,11 @@ mod sandbox_run;
 mod sandbox_stop;
 mod stats;
 mod streams;
+#[cfg(test)]
+mod tests;
 mod update;
 
+pub use host::{Host, Machine};
 pub use records::{ContainerRecord, PodRecord};
 pub use streams::StreamingRuntime;
 
@@ -57,7 +61,6 @@ use containerd_shim_protos::shim_async::TaskClient;
 use containerd_shim_protos::ttrpc;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +109,8 @@ pub struct ContainerEvent {
 pub struct Runtime {
     pub images: Arc<ImageService>,
     state: PathBuf,
-    shim_bin: PathBuf,
+    /// Shim processes, their connections, and unmounts: the machine, or a test's stand-in.
+    host: Arc<dyn Host>,
     shims: Mutex<HashMap<String, ShimClient>>,
     /// Serialises changes to pod and container records.
     lock: Mutex<()>,
@@ -131,17 +135,34 @@ pub struct Runtime {
 
 impl Runtime {
     /// The runtime with the given runtime handlers (`Config::runtimes`) and CNI settings
-    /// (`Config::cni_config`).
+    /// (`Config::cni_config`), on this machine.
     pub fn with_handlers(
         images: Arc<ImageService>,
         state: &Path,
         handlers: BTreeMap<String, RuntimeHandler>,
         cni: CniConfig,
     ) -> anyhow::Result<Arc<Runtime>> {
-        let shim_bin = std::env::current_exe()?
-            .parent()
-            .map(|d| d.join("cairn-shim"))
-            .unwrap_or_else(|| PathBuf::from("cairn-shim"));
+        let layout = Layout::detect().ok();
+        Runtime::on_host(
+            images,
+            state,
+            handlers,
+            cni,
+            Arc::new(Machine::new()),
+            layout,
+        )
+    }
+
+    /// The runtime on `host`, with the cgroup hierarchies of `layout` (None: cgroups are
+    /// left to the shim, as on a host without them).
+    pub fn on_host(
+        images: Arc<ImageService>,
+        state: &Path,
+        handlers: BTreeMap<String, RuntimeHandler>,
+        cni: CniConfig,
+        host: Arc<dyn Host>,
+        layout: Option<Layout>,
+    ) -> anyhow::Result<Arc<Runtime>> {
         for d in ["pods", "containers"] {
             std::fs::create_dir_all(state.join(d))?;
         }
@@ -150,11 +171,11 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             images,
             state: state.to_path_buf(),
-            shim_bin,
+            host,
             shims: Mutex::new(HashMap::new()),
             lock: Mutex::new(()),
             events,
-            layout: Layout::detect().ok(),
+            layout,
             monitored: std::sync::Mutex::new(HashSet::new()),
             handlers,
             cni: Cni::new(cni),
@@ -255,10 +276,7 @@ impl Runtime {
         if let Some(c) = self.shims.lock().await.get(&pod.id) {
             return Ok(c.clone());
         }
-        let sock = format!("unix://{}", pod.dir.join("shim.sock").display());
-        let conn = ttrpc::asynchronous::Client::connect(&sock)
-            .await
-            .map_err(|e| Error::unavailable(format!("pod {}: shim unreachable: {e}", pod.id)))?;
+        let conn = self.host.connect_shim(pod).await?;
         let client = ShimClient {
             task: TaskClient::new(conn.clone()),
             conn,
@@ -430,39 +448,4 @@ pub fn pod_context(pod: &PodRecord) -> PodContext {
             gids: u.gids.clone(),
         }),
     }
-}
-
-/// Whether the pod's shim process is still there (its pid, with the pod's id on its
-/// command line, so a reused pid is not taken for it).
-fn shim_alive(pod: &PodRecord) -> bool {
-    if pod.shim_pid == 0 {
-        return false;
-    }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", pod.shim_pid)) else {
-        return false;
-    };
-    let alive = cmdline
-        .windows(pod.id.len())
-        .any(|w| w == pod.id.as_bytes());
-    // A zombie keeps its pid (and an empty cmdline) until reaped.
-    alive
-        && std::fs::read_to_string(format!("/proc/{}/stat", pod.shim_pid))
-            .map(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false)
-}
-
-/// A pidfd of the pod's shim, checked to be the shim after it was opened; None when the
-/// shim is not running.
-fn shim_pidfd(pod: &PodRecord) -> Option<OwnedFd> {
-    if pod.shim_pid == 0 {
-        return None;
-    }
-    let fd = cairn_kernel::process::pidfd_open(i32::try_from(pod.shim_pid).ok()?)?;
-    shim_alive(pod).then_some(fd)
 }

@@ -17,7 +17,7 @@ impl Runtime {
             if !pod.ready {
                 continue;
             }
-            let client = match shim_alive(&pod) {
+            let client = match self.host.shim_alive(&pod) {
                 true => self.shim(&pod).await.ok(),
                 false => None,
             };
@@ -67,7 +67,7 @@ impl Runtime {
         for s in orphans {
             tracing::info!(container = %s.key, "removing a writable layer no record names");
             let bundle = self.state.join("containers").join(&s.key);
-            let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+            self.host.unmount(&bundle.join("rootfs"));
             if let Err(e) = snapshots.remove(&s.key) {
                 tracing::warn!(container = %s.key, error = %e, "removing writable layer");
             }

@@ -17,7 +17,7 @@ impl Runtime {
         {
             self.remove_container(&c.id).await?;
         }
-        podns::release(&pod.dir);
+        self.host.release_pod(&pod.dir);
         if let Err(e) = std::fs::remove_dir_all(&pod.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(internal(format!("removing {}: {e}", pod.dir.display())));

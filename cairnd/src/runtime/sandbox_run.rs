@@ -96,68 +96,9 @@ impl Runtime {
         std::fs::create_dir_all(&pod.dir).map_err(internal)?;
         let hostname = pod_hostname(&pod.config);
         write_pod_files(&pod.dir, &pod.config, &hostname).map_err(internal)?;
-        let host_network = namespace_mode(&pod.config, |o| o.network) == cri::NamespaceMode::Node;
-        let host_ipc = namespace_mode(&pod.config, |o| o.ipc) == cri::NamespaceMode::Node;
-        let mut cmd = tokio::process::Command::new(&self.shim_bin);
-        cmd.arg(&pod.id).arg(&pod.dir).arg(&hostname);
-        if host_network {
-            cmd.arg("--host-network");
-        }
-        if host_ipc {
-            cmd.arg("--host-ipc");
-        }
-        if namespace_mode(&pod.config, |o| o.pid) == cri::NamespaceMode::Pod {
-            cmd.arg("--share-pid");
-        }
-        if let Some(u) = userns {
-            // The shim's format: `container:host:length`, as in /proc/<pid>/uid_map.
-            for (flag, maps) in [("--uid-map", &u.uids), ("--gid-map", &u.gids)] {
-                for m in maps {
-                    cmd.arg(flag)
-                        .arg(format!("{}:{}:{}", m.container_id, m.host_id, m.length));
-                }
-            }
-        }
-        if let Some(binary) = self.oci_runtime(&pod.runtime_handler)? {
-            cmd.arg("--oci-runtime").arg(binary);
-        }
-        let log = std::fs::File::create(pod.dir.join("shim.log")).map_err(internal)?;
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(false);
-        // The shim calls setsid first thing (a session of its own, so that signals to
-        // cairnd's process group never reach it): with no pre_exec hook here, std starts
-        // it with posix_spawn (vfork) instead of a fork of cairnd.
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| internal(format!("starting {}: {e}", self.shim_bin.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| internal("shim stdout"))?;
-        let ready = tokio::time::timeout(Duration::from_secs(10), async {
-            use tokio::io::AsyncBufReadExt;
-            let mut line = String::new();
-            tokio::io::BufReader::new(stdout)
-                .read_line(&mut line)
-                .await
-                .map(|_| line)
-        })
-        .await;
-        // Reap the shim whenever it exits, so it never lingers as a zombie.
-        let pid = child.id().unwrap_or(0);
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
-        match ready {
-            Ok(Ok(line)) if line.starts_with("ready") => {}
-            _ => {
-                let log = std::fs::read_to_string(pod.dir.join("shim.log")).unwrap_or_default();
-                return Err(Error::internal(format!(
-                    "pod {}: shim did not start: {}",
-                    pod.id,
-                    log.trim()
-                )));
-            }
-        }
+        let oci_runtime = self.oci_runtime(&pod.runtime_handler)?;
+        let args = shim_args(pod, &hostname, userns, oci_runtime.as_deref());
+        let pid = self.host.start_shim(pod, args).await?;
         pod.shim_pid = pid;
         self.shim(pod).await?;
         if networked {
@@ -233,4 +174,42 @@ pub(super) fn write_pod_files(
         _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
     std::fs::write(dir.join("resolv.conf"), resolv)
+}
+
+/// The shim's command line after its name: pod ID, pod dir, hostname, then the namespaces
+/// it is to share with the host or across the pod, the user namespace's ID maps
+/// (`container:host:length`, as in /proc/<pid>/uid_map) and the OCI runtime binary, if any.
+pub(super) fn shim_args(
+    pod: &PodRecord,
+    hostname: &str,
+    userns: Option<&cri::UserNamespace>,
+    oci_runtime: Option<&Path>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        pod.id.clone().into(),
+        pod.dir.clone().into(),
+        hostname.into(),
+    ];
+    if namespace_mode(&pod.config, |o| o.network) == cri::NamespaceMode::Node {
+        args.push("--host-network".into());
+    }
+    if namespace_mode(&pod.config, |o| o.ipc) == cri::NamespaceMode::Node {
+        args.push("--host-ipc".into());
+    }
+    if namespace_mode(&pod.config, |o| o.pid) == cri::NamespaceMode::Pod {
+        args.push("--share-pid".into());
+    }
+    if let Some(u) = userns {
+        for (flag, maps) in [("--uid-map", &u.uids), ("--gid-map", &u.gids)] {
+            for m in maps {
+                args.push(flag.into());
+                args.push(format!("{}:{}:{}", m.container_id, m.host_id, m.length).into());
+            }
+        }
+    }
+    if let Some(binary) = oci_runtime {
+        args.push("--oci-runtime".into());
+        args.push(binary.into());
+    }
+    args
 }

@@ -43,18 +43,8 @@ impl Runtime {
             let _ = c.shutdown(ctx(), &task::ShutdownRequest::default()).await;
         }
         // Whatever the shim could not release (it may have been killed).
-        podns::release(&pod.dir);
-        if pod.shim_pid > 0 && Path::new(&format!("/proc/{}", pod.shim_pid)).exists() {
-            let cmdline =
-                std::fs::read(format!("/proc/{}/cmdline", pod.shim_pid)).unwrap_or_default();
-            if cmdline
-                .windows(pod.id.len())
-                .any(|w| w == pod.id.as_bytes())
-            {
-                // SAFETY: signalling the shim we started for this pod.
-                unsafe { libc::kill(pod.shim_pid as i32, libc::SIGKILL) };
-            }
-        }
+        self.host.release_pod(&pod.dir);
+        self.host.kill_shim(pod);
     }
 
     /// Watches the pod's shim process (through a pidfd, which works as well for a shim
@@ -68,27 +58,11 @@ impl Runtime {
         {
             return;
         }
-        let pidfd = shim_pidfd(pod);
+        let exit = self.host.shim_exit(pod);
         let rt = self.clone();
         let id = pod.id.clone();
         tokio::spawn(async move {
-            let exited = match pidfd {
-                // SAFETY: the AsyncFd owns the pidfd and nothing else closes or replaces it.
-                Some(fd) => match unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        fd,
-                        tokio::io::Interest::READABLE,
-                    )
-                } {
-                    Ok(afd) => afd.readable().await.is_ok(),
-                    Err(e) => {
-                        tracing::warn!(pod = %id, error = %e, "cannot watch the pod's shim");
-                        false
-                    }
-                },
-                // Already gone.
-                None => true,
-            };
+            let exited = exit.await;
             rt.monitored
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -120,7 +94,7 @@ impl Runtime {
             self.cleanup_cgroup(&pod, c).await;
             // An OCI-runtime pod's shim mounts rootfs in the host's mount namespace.
             let rootfs = self.state.join("containers").join(&c.id).join("rootfs");
-            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            self.host.unmount(&rootfs);
         }
         // Detached while the namespace's mount may still hold it (DEL copes without).
         if self.cni.recorded(&pod.id) {
@@ -133,7 +107,7 @@ impl Runtime {
                 Err(e) => tracing::warn!(pod = %pod_id, error = %e.message(), "detaching the pod"),
             }
         }
-        podns::release(&pod.dir);
+        self.host.release_pod(&pod.dir);
         {
             let _guard = self.lock.lock().await;
             if let Ok(Some(mut p)) = self.store().get_record::<PodRecord>(PODS, pod_id) {
