@@ -10,6 +10,7 @@ pub mod error;
 pub mod image;
 pub mod import;
 pub mod layer;
+pub mod layered;
 pub mod manifest;
 pub mod reference;
 pub mod registry;

@@ -29,7 +29,7 @@ use std::io;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use cairn_kernel::caps::{capability_number, ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
 

@@ -5,9 +5,6 @@
 
 use super::*;
 
-/// Overlayfs xattrs marking an opaque directory (the snapshotter writes the trusted one).
-pub(super) const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
-
 // Users
 
 /// One line of /etc/passwd.
@@ -210,87 +207,10 @@ pub(super) fn resolve_user_and_home(c: &ContainerContext) -> Result<(User, Strin
     Ok((out, home))
 }
 
-/// What one layer says about a path.
-pub(super) enum Probe {
-    /// The layer has the file.
-    File(PathBuf),
-    /// The layer hides the path from lower layers (whiteout, opaque dir, non-dir parent).
-    Hidden,
-    /// The layer says nothing about it: look lower.
-    Absent,
-}
-
-pub(super) fn is_whiteout(meta: &fs::Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-pub(super) fn is_opaque(dir: &Path) -> bool {
-    OPAQUE_XATTRS.iter().any(|name| {
-        let mut buf = [0u8; 8];
-        matches!(rustix::fs::lgetxattr(dir, *name, &mut buf[..]), Ok(n) if buf[..n] == *b"y")
-    })
-}
-
-/// Looks `rel` (e.g. `etc/passwd`) up in one layer. Symlinks are not followed: a symlinked
-/// file or parent counts as hiding the path (it could point anywhere, even out of the image).
-pub(super) fn probe(layer: &Path, rel: &Path) -> Result<Probe, SpecError> {
-    let parts: Vec<_> = rel
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(p) => Some(p),
-            _ => None,
-        })
-        .collect();
-    let mut path = layer.to_path_buf();
-    let mut opaque_parent = false;
-    for (i, part) in parts.iter().enumerate() {
-        path.push(part);
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(meta) => meta,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Ok(if opaque_parent {
-                    Probe::Hidden
-                } else {
-                    Probe::Absent
-                });
-            }
-            Err(e) => return Err(SpecError::io("read image file", &path, e)),
-        };
-        if is_whiteout(&meta) {
-            return Ok(Probe::Hidden);
-        }
-        if i + 1 == parts.len() {
-            return Ok(if meta.is_file() {
-                Probe::File(path)
-            } else {
-                Probe::Hidden
-            });
-        }
-        if !meta.is_dir() {
-            return Ok(Probe::Hidden);
-        }
-        opaque_parent |= is_opaque(&path);
-    }
-    Ok(Probe::Absent)
-}
-
-/// Reads `rel` from the topmost layer that has it; `None` if no layer has it or one hides it.
+/// Reads `rel` from the topmost layer that has it, as the container will see it;
+/// `None` if no layer has it or one hides it.
 pub(super) fn read_layered(layers: &[PathBuf], rel: &Path) -> Result<Option<String>, SpecError> {
-    for layer in layers {
-        match probe(layer, rel)? {
-            Probe::File(path) => {
-                let bytes =
-                    fs::read(&path).map_err(|e| SpecError::io("read image file", &path, e))?;
-                return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
-            }
-            Probe::Hidden => return Ok(None),
-            Probe::Absent => {}
-        }
-    }
-    Ok(None)
+    let bytes = cairn_snapshotter::layered::read(layers, rel)
+        .map_err(|e| SpecError::io("read image file", &e.path, e.source))?;
+    Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }

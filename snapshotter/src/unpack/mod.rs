@@ -43,8 +43,8 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 /// OCI opaque marker: hides all lower children of its directory.
 const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
-/// The overlayfs xattr marking an opaque directory.
-const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The overlayfs xattr marking an opaque directory (read back by [`crate::layered`]).
+const OVERLAY_OPAQUE_XATTR: &str = crate::layered::OPAQUE_XATTR;
 /// Xattr prefixes that overlayfs interprets (trusted, or user with `userxattr`); never taken
 /// from a layer nor copied from a lower directory.
 const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];

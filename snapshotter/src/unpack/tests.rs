@@ -843,3 +843,47 @@ fn unpack_speed() {
         );
     }
 }
+
+#[test]
+fn what_unpack_hides_the_layered_read_does_not_see() {
+    // Three layers as a snapshot stacks them: the lowest has the files, the middle one
+    // deletes one (OCI whiteout) and replaces a dir (opaque marker), the top one is empty.
+    let base = tempfile::tempdir().unwrap();
+    let layer = |name: &str, tar: Vec<u8>| {
+        let dir = base.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        unpack(&tar, &dir).unwrap();
+        dir
+    };
+    let lowest = layer(
+        "lowest",
+        Layer::new()
+            .dir("etc/")
+            .file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n")
+            .file("etc/group", b"root:x:0:\n")
+            .dir("etc/conf/")
+            .file("etc/conf/old", b"old")
+            .finish(),
+    );
+    let middle = layer(
+        "middle",
+        Layer::new()
+            .dir("etc/")
+            .file("etc/.wh.group", b"")
+            .dir("etc/conf/")
+            .file("etc/conf/.wh..wh..opq", b"")
+            .file("etc/conf/new", b"new")
+            .finish(),
+    );
+    let top = layer("top", Layer::new().dir("etc/").finish());
+    let layers = [top, middle, lowest];
+    let read = |rel: &str| crate::layered::read(&layers, Path::new(rel)).unwrap();
+    assert_eq!(
+        read("etc/passwd").as_deref(),
+        Some(&b"root:x:0:0::/root:/bin/sh\n"[..])
+    );
+    assert_eq!(read("etc/group"), None, "whiteout");
+    assert_eq!(read("etc/conf/old"), None, "below an opaque dir");
+    assert_eq!(read("etc/conf/new").as_deref(), Some(&b"new"[..]));
+    assert_eq!(read("etc/absent"), None);
+}
