@@ -2,6 +2,7 @@
 //!
 //! `cairnd --config FILE` reads it; a missing file means "all defaults". Unknown keys are
 //! refused so that a typo in a node's config is an error, not a silently ignored setting.
+//! Runs in cairnd.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

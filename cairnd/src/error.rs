@@ -2,6 +2,7 @@
 //! with a kind that says what the caller did wrong or what the node lacks, and a message
 //! naming the object. Only the CRI layer (module `cri`) turns it into a gRPC status;
 //! nothing below it knows gRPC.
+//! Runs in cairnd.
 
 use cairn_snapshotter::error::ErrorKind;
 

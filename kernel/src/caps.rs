@@ -1,6 +1,7 @@
 //! Linux capabilities as OCI names them: the kernel's number of each, every one the spec
 //! can name, and the default set of a non-privileged container (Docker's and
 //! containerd's). Used by cairnd's spec builder and the shim's launcher.
+//! Runs in cairnd and cairn-shim.
 
 use oci_spec::runtime::Capability;
 

@@ -1,5 +1,6 @@
 //! Overlay mounts of a snapshot's layers: what the snapshotter (cairnd) uses for
 //! read-only views and the shim's launcher for a container's rootfs.
+//! Runs in cairnd and cairn-shim.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! `<RFC3339Nano time> <stdout|stderr> <P|F> <text>`, where `P` marks a partial line (longer
 //! than the buffer, or unterminated at the end of the stream) and `F` a full one. The file
 //! can be reopened in place for kubelet's log rotation without losing a line.
+//! Runs in cairn-shim.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

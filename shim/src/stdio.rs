@@ -10,6 +10,7 @@
 //! end of file on an attach's stdin ends that attach's input (and the container's stdin
 //! with `stdin_once`). The container never waits long on a client: an attached output that
 //! stays full for [`SLOW_CLIENT`] is dropped.
+//! Runs in cairn-shim.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

@@ -2,6 +2,7 @@
 //! `content/blobs/sha256/<hex>`. Writes go to `content/ingest/` first and are renamed into
 //! place only after their digest checked out; the ingest dir is emptied on open.
 //! Layer blobs are not kept: they are streamed straight into the unpacker.
+//! Runs in cairnd (the image side).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
 //! Content digests (`sha256:<hex>`), parsed and validated, and a streaming hasher.
+//! Runs in cairnd (the image side).
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,4 +1,5 @@
 //! The error type of the image side, with a kind that maps onto gRPC status codes.
+//! Runs in cairnd (the image side).
 
 use std::path::PathBuf;
 

@@ -1,6 +1,7 @@
 //! The image service: pulls images into the snapshotter, answers what is stored, removes
 //! images and collects garbage. It is what cairnd's CRI ImageService and cairn's control
 //! API call; it owns the metadata store, the content store and the snapshotter.
+//! Runs in cairnd (the image side).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

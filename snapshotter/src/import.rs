@@ -1,6 +1,7 @@
 //! Image import for nodes without a registry: an OCI image layout directory, or a tar
 //! archive holding an OCI layout or a `docker save` image. Layers go through the same
 //! verify → decompress → unpack path as a pull.
+//! Runs in cairnd (the image side).
 
 use std::collections::HashMap;
 use std::io::Read;

@@ -5,6 +5,7 @@
 //! Every failure on the reading side travels through `std::io::Read` as an
 //! `io::Error::other(crate::Error)`, which the unpacker hands back unchanged, so a
 //! registry that goes away stays `Unavailable` and corrupt data stays `BadContent`.
+//! Runs in cairnd (the image side).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 //! the read side of what [`crate::unpack`] writes (OCI whiteouts become those). cairnd
 //! uses it for the image's /etc/passwd and /etc/group when it builds a container's spec.
 //! Runs in cairnd.
+//! Runs in cairnd (the image side).
 
 use std::fs;
 use std::io;

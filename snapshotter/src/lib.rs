@@ -3,6 +3,7 @@
 //!
 //! The daemon (`cairnd`) owns one [`image::ImageService`], which ties these together;
 //! everything else in this crate is a building block with one job each.
+//! Runs in cairnd (the image side).
 
 pub mod content;
 pub mod digest;

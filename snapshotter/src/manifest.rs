@@ -1,6 +1,7 @@
 //! Image manifests, indexes (manifest lists) and image configs, parsed from the
 //! JSON a registry serves (OCI and Docker schema 2), plus platform matching to
 //! pick an index entry and the layer compression implied by a media type.
+//! Runs in cairnd (the image side).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -2,6 +2,7 @@
 //! normalised the way Docker and containerd do it: a missing domain means
 //! `docker.io`, a one-component Docker Hub name gets `library/`, and `:latest`
 //! is added when neither a tag nor a digest is given.
+//! Runs in cairnd (the image side).
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,6 +1,7 @@
 //! The registry client: which endpoints serve a registry (mirrors, then the registry
 //! itself), how to reach each (HTTP or HTTPS, CA, verification), credentials, and the two
 //! requests a pull needs — a manifest and a blob stream — built on `oci-client`.
+//! Runs in cairnd (the image side).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

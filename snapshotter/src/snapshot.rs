@@ -6,6 +6,7 @@
 //! `snapshots/tmp-*` directory and renamed into place only when complete, then recorded;
 //! [`Snapshotter::open`] deletes anything on disk that has no record, so a crash at any
 //! point leaves nothing a restart would mistake for whole.
+//! Runs in cairnd (the image side).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

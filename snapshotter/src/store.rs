@@ -2,6 +2,7 @@
 //! embedded transactional database (`redb`). A record is written only after the thing it
 //! describes is complete on disk, in the same transaction as everything it depends on, so
 //! a crash leaves either the old state or the new one.
+//! Runs in cairnd (the image side).
 
 use std::path::Path;
 

@@ -1,6 +1,7 @@
 //! The single-use tokens behind streaming URLs: each CRI Exec/Attach/PortForward call
 //! stores its request under a random token that one HTTP request may consume within a
 //! minute (like kubelet's request cache).
+//! Runs in cairnd (its streaming server).
 
 use std::collections::HashMap;
 use std::io::Read;

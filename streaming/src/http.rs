@@ -1,5 +1,6 @@
 //! Just enough HTTP/1.1 for the streaming endpoints: read one request head, then answer
 //! with a plain-text response or a `101 Switching Protocols` upgrade.
+//! Runs in cairnd (its streaming server).
 
 use std::io;
 use std::time::Duration;

@@ -12,6 +12,7 @@
 //!
 //! The runtime side is the [`Runtime`] trait; [`Server`] hands out single-use URLs and
 //! serves them.
+//! Runs in cairnd (its streaming server).
 
 mod cache;
 mod http;

@@ -7,6 +7,7 @@
 //!
 //! WebSocket: the ports come from the request; port number i gets channel 2i for data and
 //! 2i+1 for errors, and the server starts both with the port as two little-endian bytes.
+//! Runs in cairnd (its streaming server).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 //! stream (a JSON `metav1.Status` from v4 on, the failure message before) and closes.
 //!
 //! WebSocket: channels 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize in one socket.
+//! Runs in cairnd (its streaming server).
 
 use std::collections::HashMap;
 use std::sync::Arc;

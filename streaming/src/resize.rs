@@ -1,5 +1,6 @@
 //! Terminal resize events: the client sends a stream of JSON objects such as
 //! `{"Width":80,"Height":24}` (field names matched without regard to case, as Go does).
+//! Runs in cairnd (its streaming server).
 
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};

@@ -1,6 +1,7 @@
 //! The HTTP side of the streaming server: the listener, the single-use URLs handed out
 //! by the CRI calls, and routing each connection to exec, attach or port forward over
 //! SPDY or WebSocket.
+//! Runs in cairnd (its streaming server).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

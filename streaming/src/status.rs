@@ -1,5 +1,6 @@
 //! The outcome of an exec/attach as Kubernetes reports it on the error stream: a
 //! `metav1.Status` (JSON for protocol v4 and later, only the failure message before).
+//! Runs in cairnd (its streaming server).
 
 use serde::Serialize;
 

@@ -7,6 +7,7 @@
 //! A reader task routes incoming messages to per-channel inputs (pipes the application
 //! reads, or resize decoders); a writer task sends what [`WsWriter`]s and [`WsMux::send`]
 //! queue, in order.
+//! Runs in cairnd (its streaming server).
 
 use std::collections::HashMap;
 use std::io;

@@ -8,6 +8,7 @@
 //! with it every renamed entry, intact. Only a power loss could lose one, and then the
 //! plugins' own state (host-local's lease files, written without fsync) is no safer; two
 //! fsyncs of file and dir per write cost several milliseconds per pod on a busy disk.
+//! Runs in cairnd.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! single-plugin `.conf`/`.json` wrapped into a list), and picking the list in use from the
 //! conf dirs — the first valid file in name order — with a cheap fingerprint of the dirs so
 //! that a config added or changed while cairnd runs is noticed on the next call.
+//! Runs in cairnd.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

@@ -7,6 +7,7 @@
 //! [`Cni::del`] from StopPodSandbox before the namespace goes (and when a pod's shim
 //! dies), [`Cni::check`] for the pods it finds running after a restart, [`Cni::status`]
 //! for the NetworkReady condition and [`Cni::result`] for the pod IPs.
+//! Runs in cairnd.
 
 mod cache;
 pub mod conf;

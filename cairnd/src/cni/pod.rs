@@ -1,6 +1,7 @@
 //! What a pod brings to CNI: its identity (CNI_ARGS with the K8S_* keys), its network
 //! namespace, and the capability args (port mappings, bandwidth, DNS, static IPs) that
 //! plugins receive in `runtimeConfig` when they declare the capability.
+//! Runs in cairnd.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

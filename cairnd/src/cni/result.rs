@@ -2,6 +2,7 @@
 //! the first IPv4 first, as the CRI pod IP then additional IPs), with the raw JSON kept for
 //! chaining (prevResult) and for the cache. Reads the 0.3.0+ format (`ips[].address`) and
 //! the 0.1/0.2 one (`ip4.ip`, `ip6.ip`).
+//! Runs in cairnd.
 
 use std::net::IpAddr;
 

@@ -1,6 +1,7 @@
 //! `runtime.v1alpha2` support: kubelets before 1.23 (and old crictl) speak the same
 //! messages under the older package name, so requests are re-routed to the v1 services by
 //! rewriting the gRPC path, as containerd 1.6 serves both.
+//! Runs in cairnd.
 
 use std::task::{Context, Poll};
 

@@ -1,5 +1,6 @@
 //! cairn's control API: what CRI cannot express — pull progress, image import and disk
 //! usage — served beside CRI on the same socket, so the daemon stays the store's only owner.
+//! Runs in cairnd.
 
 use std::pin::Pin;
 use std::sync::Arc;

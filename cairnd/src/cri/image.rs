@@ -1,4 +1,5 @@
 //! CRI ImageService over cairn's image service.
+//! Runs in cairnd.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The CRI server: `runtime.v1` RuntimeService and ImageService, the same services under
 //! the older `runtime.v1alpha2` package names, and cairn's control API, all on one unix
 //! socket.
+//! Runs in cairnd.
 
 mod alpha;
 pub mod authority;

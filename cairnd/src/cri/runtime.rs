@@ -1,5 +1,6 @@
 //! CRI RuntimeService: maps the CRI calls onto [`crate::runtime::Runtime`] and its
 //! records onto CRI messages (statuses, lists with filters, stats, events).
+//! Runs in cairnd.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -16,6 +16,7 @@
 //!
 //! A pod's CRI `runtime_handler` picks what its shim runs containers with: cairn's
 //! built-in launcher ("", "cairn"), or an OCI runtime binary from `[runtimes.<name>]`.
+//! Runs in cairnd.
 
 mod container_create;
 mod container_remove;

@@ -20,6 +20,7 @@
 //! namespace (cgroup v2 only), Localhost seccomp profiles are read, and cairnd's own bounding
 //! set bounds what a privileged container gets. Privileged containers also get every device
 //! node of the host's `/dev`.
+//! Runs in cairnd.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,4 +1,5 @@
 //! Reads and writes of control files and cgroup directories.
+//! Runs in cairnd (making cgroups, limits, stats) and cairn-shim (joining, killing, removing).
 
 use super::*;
 

@@ -1,5 +1,6 @@
 //! How the cgroup filesystems are mounted on this node (v1, hybrid, pure v2), read from
 //! the mount table.
+//! Runs in cairnd (making cgroups, limits, stats) and cairn-shim (joining, killing, removing).
 
 use super::*;
 

@@ -1,5 +1,6 @@
 //! Resource plans: the control files an OCI `LinuxResources` writes and in what order,
 //! independent of the filesystem (the v1 and v2 translations are `v1` and `v2`).
+//! Runs in cairnd (making cgroups, limits, stats) and cairn-shim (joining, killing, removing).
 
 use super::*;
 

@@ -1,4 +1,5 @@
 //! A cgroup's statistics (CPU, memory, pids, OOM kills), on v1 and v2.
+//! Runs in cairnd (making cgroups, limits, stats) and cairn-shim (joining, killing, removing).
 
 use super::*;
 

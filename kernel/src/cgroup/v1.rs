@@ -1,4 +1,5 @@
 //! cgroup v1: an OCI `LinuxResources` as the v1 controllers' files.
+//! Runs in cairnd (making cgroups, limits, stats) and cairn-shim (joining, killing, removing).
 
 use super::*;
 

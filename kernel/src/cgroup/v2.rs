@@ -1,5 +1,6 @@
 //! cgroup v2: an OCI `LinuxResources` as the unified hierarchy's files, and the
 //! controllers enabled down a subtree.
+//! Runs in cairnd (making cgroups, limits, stats) and cairn-shim (joining, killing, removing).
 
 use super::*;
 

@@ -1,5 +1,6 @@
 //! The compiler: a profile into the classic BPF program of each architecture, a binary
 //! search over system call numbers; compiled programs as plain bytes and a small cache.
+//! Runs in cairnd (which compiles profiles); cairn-shim loads the compiled program.
 
 use super::*;
 

@@ -1,5 +1,6 @@
 //! cairn's RuntimeDefault profile: an allow list (everything else EPERM), with the
 //! calls a capability governs allowed when the container holds it, as containerd's.
+//! Runs in cairnd (which compiles profiles); cairn-shim loads the compiled program.
 
 use super::*;
 

@@ -1,6 +1,7 @@
 //! Localhost profiles: the JSON of OCI `linux.seccomp` or Docker's format (`archMap`,
 //! `includes`/`excludes` by capability, architecture and kernel version), read into an
 //! OCI `LinuxSeccomp`.
+//! Runs in cairnd (which compiles profiles); cairn-shim loads the compiled program.
 
 use super::*;
 

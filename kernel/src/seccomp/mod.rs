@@ -25,6 +25,7 @@
 //!
 //! Its parts: the RuntimeDefault profile (`default`), profile files (`file`) and the
 //! compiler with compiled programs and their cache (`compile`).
+//! Runs in cairnd (which compiles profiles); cairn-shim loads the compiled program.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -6,6 +6,7 @@
 //! every exit durably under the pod's dir, where cairnd reads them also after a restart
 //! ([`exit`]), pins the pod's namespaces at fixed paths ([`pod`]) and reports cgroup
 //! stats as JSON ([`stats`]).
+//! Shared by cairnd and cairn-shim: the contract between them.
 
 pub mod bundle;
 pub mod exec;

@@ -1,6 +1,7 @@
 //! A pod's run dir as the shim lays it out: the namespaces it creates pinned at
 //! `ns/<kind>` (bind mounts, so CNI and `setns` reach them) and the pod's `/dev/shm` at
 //! `shm`; whoever cleans up a pod unmounts them ([`release`]).
+//! Shared by cairnd and cairn-shim: the contract between them.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
 //! Cgroup statistics as the shim reports them: JSON in the Task API's
 //! `StatsResponse.stats`.
+//! Shared by cairnd and cairn-shim: the contract between them.
 
 use serde::{Deserialize, Serialize};
 

@@ -6,6 +6,7 @@
 //! [--share-pid] [--uid-map C:H:L]... [--gid-map C:H:L]... [--oci-runtime PATH]`; with
 //! id maps (container id, host id, length) the pod gets a user namespace.
 //! It prints `ready <pid>` on stdout once it serves, then closes stdout.
+//! Runs in cairn-shim.
 
 use std::io::Write;
 use std::os::unix::net::UnixListener;

@@ -14,6 +14,7 @@
 //!
 //! For speed the last resolved parent directory is kept open (tar entries come grouped by
 //! directory), file data is copied through one 1 MiB buffer, and nothing is fsynced.
+//! Runs in cairnd (the image side).
 
 use std::cell::Cell;
 use std::collections::HashMap;

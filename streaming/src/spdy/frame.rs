@@ -3,6 +3,7 @@
 //!
 //! Header blocks stay compressed here; [`super::headers`] owns the zlib contexts that turn
 //! them into name/value pairs, because those contexts live as long as the connection.
+//! Runs in cairnd (its streaming server).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 

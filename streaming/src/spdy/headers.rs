@@ -1,6 +1,7 @@
 //! SPDY/3 name/value header blocks: their uncompressed layout, and the zlib contexts
 //! (primed with the SPDY/3 dictionary, one per direction per connection) that compress
 //! them. Every block is ended with a sync flush, so each context spans the connection.
+//! Runs in cairnd (its streaming server).
 
 use std::sync::OnceLock;
 

@@ -12,6 +12,7 @@
 //! stall after 64 KiB. Backpressure comes from the socket instead, through a bounded
 //! output buffer. A stream whose unread input grows past [`MAX_STREAM_BUFFER`] pauses
 //! the reader until the application catches up, like the Go stack does.
+//! Runs in cairnd (its streaming server).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
