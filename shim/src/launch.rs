@@ -61,6 +61,7 @@ mod child;
 pub mod oci;
 mod plan;
 mod sys;
+mod syscall;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -9,6 +9,10 @@
 //! execs (or, without a start pipe, execs right away). Nothing here logs or takes a lock:
 //! failures travel to the shim as short messages over the report pipe (see [`send`]),
 //! then the child `_exit`s.
+//!
+//! The container's mount-namespace setup ([`setup_container`]) makes its privileged calls
+//! through a [`Syscall`] ([`LinuxSyscall`] for real), so that tests can record them
+//! without root (`syscall/tests.rs`).
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -23,6 +27,7 @@ use super::plan::{
     NsJoin, ProcessPlan, RootfsPlan, UsernsPlan, BIND_REMOUNT_FLAGS,
 };
 use super::sys::{self, cvt, FdPath};
+use super::syscall::{LinuxSyscall, Syscall};
 
 /// Report record tags: middle child → shim.
 pub(super) const TAG_PID: u8 = b'P';
@@ -50,7 +55,7 @@ pub(super) fn send(fd: RawFd, tag: u8, payload: &[u8]) {
 }
 
 /// A setup failure: the message the shim shows.
-struct Fail(String);
+pub(super) struct Fail(pub(super) String);
 
 trait Ctx<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T, Fail>;
@@ -191,7 +196,7 @@ fn fork_plain() -> Result<pid_t, Fail> {
 /// What the middle child of a container in a user namespace prepares while still in the
 /// host's user namespace, for the container process to attach in its own mount namespace
 /// (made inside the user namespace, where the host's paths may not be reachable).
-struct Premounted {
+pub(super) struct Premounted {
     /// A detached copy of the mounted rootfs.
     rootfs: OwnedFd,
     /// For each of `plan.mounts`: detached copies of its sources (one for a bind mount,
@@ -208,7 +213,7 @@ fn premount(plan: &ContainerPlan<'_>, userns: &UsernsPlan) -> Result<Premounted,
     // SAFETY: unshare with a CLONE_NEW* flag only.
     cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })
         .ctx(|| "creating the mount namespace that prepares the rootfs".into())?;
-    set_tree_propagation(rootfs)?;
+    set_tree_propagation(&LinuxSyscall, rootfs)?;
     for (path, shown) in &userns.idmap {
         sys::idmap_in_place(path, userns.join.fd.as_raw_fd()).map_err(|e| {
             Fail(format!(
@@ -238,7 +243,7 @@ fn premount(plan: &ContainerPlan<'_>, userns: &UsernsPlan) -> Result<Premounted,
                 .ctx(|| format!("copying the source of the {}", m.describe))?],
             MountKind::CgroupV1 { hierarchies } => hierarchies
                 .iter()
-                .map(|h| cgroup_tree(h, m.flags))
+                .map(|h| cgroup_tree(&LinuxSyscall, h, m.flags))
                 .collect::<Result<_, _>>()?,
             MountKind::Fs { .. } => Vec::new(),
         });
@@ -275,7 +280,7 @@ fn middle_create(plan: &ContainerPlan<'_>, io: &ChildIo<'_>) -> Result<pid_t, Fa
         let exe = pending
             .map_or(Ok(()), join_v2_by_write)
             .and_then(|()| new_cgroup_namespace(plan.unshare))
-            .and_then(|()| setup_container(plan, premounted.as_ref(), io))
+            .and_then(|()| setup_container(&LinuxSyscall, plan, premounted.as_ref(), io))
             .and_then(|()| prepare_process(&plan.process, io));
         finish(&plan.process, exe, io)
     }
@@ -417,12 +422,13 @@ fn finish(p: &ProcessPlan, exe: Result<Exe<'_>, Fail>, io: &ChildIo<'_>) -> ! {
 /// rootfs path, reached without walking host dirs the namespace's root may not search).
 /// Returns the rootfs opened.
 fn mount_rootfs(
+    os: &impl Syscall,
     plan: &ContainerPlan<'_>,
     premounted: Option<&Premounted>,
 ) -> Result<OwnedFd, Fail> {
     let rootfs = &plan.rootfs;
     if let Some(p) = premounted {
-        sys::attach(p.rootfs.as_raw_fd(), libc::AT_FDCWD, c".")
+        os.attach(p.rootfs.as_raw_fd(), libc::AT_FDCWD, c".")
             .ctx(|| format!("attaching the rootfs at {}", rootfs.display.display()))?;
         return p
             .rootfs
@@ -430,16 +436,18 @@ fn mount_rootfs(
             .ctx(|| "duplicating the rootfs descriptor".into());
     }
     match rootfs.overlay {
-        Some(overlay) => cairn_kernel::overlay::mount(overlay, &rootfs.display, false)
+        Some(overlay) => os
+            .mount_overlay(overlay, &rootfs.display, false)
             .map_err(|e| Fail(format!("mounting the container rootfs: {e}")))?,
-        None => sys::mount(
-            Some(&rootfs.path),
-            &rootfs.path,
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )
-        .ctx(|| format!("bind-mounting the rootfs {}", rootfs.display.display()))?,
+        None => os
+            .mount(
+                Some(&rootfs.path),
+                &rootfs.path,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )
+            .ctx(|| format!("bind-mounting the rootfs {}", rootfs.display.display()))?,
     }
     sys::open(&rootfs.path, libc::O_PATH | libc::O_DIRECTORY)
         .ctx(|| format!("opening the rootfs {}", rootfs.display.display()))
@@ -449,13 +457,14 @@ fn mount_rootfs(
 /// or, for a shared rootfs, leaves it as the host has it and makes private only the mount
 /// that holds the rootfs path (the first of its ancestors that is a mount point:
 /// MS_PRIVATE on a directory that is none fails with EINVAL), as runc does.
-fn set_tree_propagation(rootfs: &RootfsPlan<'_>) -> Result<(), Fail> {
+fn set_tree_propagation(os: &impl Syscall, rootfs: &RootfsPlan<'_>) -> Result<(), Fail> {
     if rootfs.propagation != 0 {
-        return sys::mount(None, c"/", None, libc::MS_REC | rootfs.propagation, None)
+        return os
+            .mount(None, c"/", None, libc::MS_REC | rootfs.propagation, None)
             .ctx(|| "setting the propagation of the container's mount tree".into());
     }
     for parent in &rootfs.parents {
-        match sys::mount(None, parent, None, libc::MS_PRIVATE, None) {
+        match os.mount(None, parent, None, libc::MS_PRIVATE, None) {
             Ok(()) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
             Err(e) => {
@@ -470,58 +479,58 @@ fn set_tree_propagation(rootfs: &RootfsPlan<'_>) -> Result<(), Fail> {
 }
 
 /// Mount namespace, root filesystem, /dev, pivot_root, masked and readonly paths, sysctls,
-/// hostname.
-fn setup_container(
+/// hostname. Every privileged call goes through `os` ([`LinuxSyscall`] for real).
+pub(super) fn setup_container(
+    os: &impl Syscall,
     plan: &ContainerPlan<'_>,
     premounted: Option<&Premounted>,
     io: &ChildIo<'_>,
 ) -> Result<(), Fail> {
-    // SAFETY: umask cannot fail. Device nodes and mount points get exactly their modes.
-    unsafe { libc::umask(0) };
+    // Device nodes and mount points get exactly their modes.
+    os.umask(0);
     let rootfs = &plan.rootfs;
-    set_tree_propagation(rootfs)?;
-    let root = mount_rootfs(plan, premounted)?;
+    set_tree_propagation(os, rootfs)?;
+    let root = mount_rootfs(os, plan, premounted)?;
     for (i, m) in plan.mounts.iter().enumerate() {
         let trees = premounted
             .and_then(|p| p.binds.get(i))
             .map_or(&[][..], Vec::as_slice);
-        mount_one(&root, m, trees, rootfs.propagation == libc::MS_PRIVATE)?;
+        mount_one(os, &root, m, trees, rootfs.propagation == libc::MS_PRIVATE)?;
     }
-    make_devices(&root, &plan.devices)?;
+    make_devices(os, &root, &plan.devices)?;
     if plan.manage_dev {
         dev_links(&root, plan.has_devpts)?;
         if let ChildStdio::Terminal { path, .. } = io.stdio {
-            bind_console(&root, path)?;
+            bind_console(os, &root, path)?;
         }
     }
-    // SAFETY: fchdir on a directory descriptor we hold.
-    cvt(unsafe { libc::fchdir(root.as_raw_fd()) }).ctx(|| "entering the rootfs".into())?;
+    os.fchdir(root.as_raw_fd())
+        .ctx(|| "entering the rootfs".into())?;
     drop(root);
     // In a tree left shared, the old root is made a slave before it is detached, so the
     // detach cannot propagate to the host's mounts.
-    sys::pivot_to_cwd(rootfs.propagation == 0)
+    os.pivot_to_cwd(rootfs.propagation == 0)
         .ctx(|| format!("pivot_root to {}", rootfs.display.display()))?;
     // From here on, paths are inside the container.
     for s in &plan.sysctls {
-        sys::write_file(&s.path, &s.value).ctx(|| format!("setting sysctl {}", s.key))?;
+        os.write_file(&s.path, &s.value)
+            .ctx(|| format!("setting sysctl {}", s.key))?;
     }
-    mask_paths(&plan.masked)?;
-    readonly_paths(&plan.readonly)?;
+    mask_paths(os, &plan.masked)?;
+    readonly_paths(os, &plan.readonly)?;
     if let Some(name) = &plan.hostname {
-        // SAFETY: name is valid for its length.
-        cvt(unsafe { libc::sethostname(name.as_ptr(), name.as_bytes().len()) })
+        os.sethostname(name)
             .ctx(|| format!("setting the hostname to {name:?}"))?;
     }
     if let Some(name) = &plan.domainname {
-        // SAFETY: as above.
-        cvt(unsafe { libc::setdomainname(name.as_ptr(), name.as_bytes().len()) })
+        os.setdomainname(name)
             .ctx(|| format!("setting the domain name to {name:?}"))?;
     }
     if rootfs.readonly {
-        remount_readonly(c"/").ctx(|| "making the rootfs read-only".into())?;
+        remount_readonly(os, c"/").ctx(|| "making the rootfs read-only".into())?;
     }
     if let Some(p) = rootfs.final_propagation {
-        sys::mount(None, c"/", None, libc::MS_REC | p, None)
+        os.mount(None, c"/", None, libc::MS_REC | p, None)
             .ctx(|| "setting the rootfs propagation".into())?;
     }
     Ok(())
@@ -662,27 +671,28 @@ fn make_entry(dir: &OwnedFd, name: &CStr, as_file: bool) -> io::Result<()> {
 
 /// The flags a bind remount of the mount at `path` must keep (a remount may not clear a
 /// locked flag; atime flags are kept by the kernel when none is given).
-fn kept_flags(path: &CStr) -> io::Result<c_ulong> {
+fn kept_flags(os: &impl Syscall, path: &CStr) -> io::Result<c_ulong> {
     let keep = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    Ok(sys::mount_flags(path)? & keep)
+    Ok(os.mount_flags(path)? & keep)
 }
 
-fn remount_readonly(path: &CStr) -> io::Result<()> {
-    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept_flags(path)?;
-    sys::mount(None, path, None, flags, None)
+/// Remounts the mount at `path` read-only, keeping its other locked flags.
+fn remount_readonly(os: &impl Syscall, path: &CStr) -> io::Result<()> {
+    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept_flags(os, path)?;
+    os.mount(None, path, None, flags, None)
 }
 
 /// A detached copy of the container's directory in one cgroup hierarchy, with the
 /// per-mount flags of the spec's cgroup mount (read-only, nosuid, ...).
-fn cgroup_tree(h: &CgroupBind, flags: c_ulong) -> Result<OwnedFd, Fail> {
+fn cgroup_tree(os: &impl Syscall, h: &CgroupBind, flags: c_ulong) -> Result<OwnedFd, Fail> {
     let describe = || {
         format!(
             "copying the cgroup directory {}",
             h.source.to_string_lossy()
         )
     };
-    let tree = sys::open_tree(&h.source, false).ctx(describe)?;
-    sys::set_mount_flags(tree.as_raw_fd(), flags).ctx(describe)?;
+    let tree = os.open_tree(&h.source, false).ctx(describe)?;
+    os.set_mount_flags(tree.as_raw_fd(), flags).ctx(describe)?;
     Ok(tree)
 }
 
@@ -690,6 +700,7 @@ fn cgroup_tree(h: &CgroupBind, flags: c_ulong) -> Result<OwnedFd, Fail> {
 /// hierarchy (`trees`, detached copies made beforehand, or made here), links for
 /// controllers mounted together, then read-only if the spec says so.
 fn mount_cgroup_v1(
+    os: &impl Syscall,
     root: &OwnedFd,
     point: &OwnedFd,
     m: &MountPlan,
@@ -698,7 +709,7 @@ fn mount_cgroup_v1(
 ) -> Result<(), Fail> {
     let target = FdPath::new(point.as_raw_fd());
     let flags = m.flags & !libc::MS_RDONLY;
-    sys::mount(
+    os.mount(
         Some(c"tmpfs"),
         target.as_cstr(),
         Some(c"tmpfs"),
@@ -712,13 +723,13 @@ fn mount_cgroup_v1(
         let tree = match trees.get(i) {
             Some(tree) => tree,
             None => {
-                made = cgroup_tree(h, m.flags)?;
+                made = cgroup_tree(os, h, m.flags)?;
                 &made
             }
         };
         let name = h.name.to_string_lossy();
         make_entry(&top, &h.name, false)
-            .and_then(|()| sys::attach(tree.as_raw_fd(), top.as_raw_fd(), &h.name))
+            .and_then(|()| os.attach(tree.as_raw_fd(), top.as_raw_fd(), &h.name))
             .ctx(|| format!("mounting cgroup hierarchy {name} in the {}", m.describe))?;
         for alias in &h.aliases {
             // SAFETY: NUL-terminated strings; top is a directory we hold.
@@ -734,7 +745,8 @@ fn mount_cgroup_v1(
     }
     if m.flags & libc::MS_RDONLY != 0 {
         let top = FdPath::new(top.as_raw_fd());
-        remount_readonly(top.as_cstr()).ctx(|| format!("making the {} read-only", m.describe))?;
+        remount_readonly(os, top.as_cstr())
+            .ctx(|| format!("making the {} read-only", m.describe))?;
     }
     Ok(())
 }
@@ -743,6 +755,7 @@ fn mount_cgroup_v1(
 /// source) when given. `tree_private`: every mount of the namespace was made private, so a
 /// new mount is private already and asking for (r)private changes nothing.
 fn mount_one(
+    os: &impl Syscall,
     root: &OwnedFd,
     m: &MountPlan,
     trees: &[OwnedFd],
@@ -754,15 +767,16 @@ fn mount_one(
     let mut bind_flags = 0;
     match (&m.kind, trees.first()) {
         (MountKind::CgroupV1 { hierarchies }, _) => {
-            return mount_cgroup_v1(root, &point, m, hierarchies, trees);
+            return mount_cgroup_v1(os, root, &point, m, hierarchies, trees);
         }
         (MountKind::Bind { .. }, Some(tree)) => {
-            sys::attach(tree.as_raw_fd(), point.as_raw_fd(), c"").ctx(|| m.describe.clone())?;
+            os.attach(tree.as_raw_fd(), point.as_raw_fd(), c"")
+                .ctx(|| m.describe.clone())?;
             bind_flags = m.flags & BIND_REMOUNT_FLAGS;
         }
         (MountKind::Bind { source, recursive }, None) => {
             let rec = if *recursive { libc::MS_REC } else { 0 };
-            sys::mount(
+            os.mount(
                 Some(source),
                 target.as_cstr(),
                 None,
@@ -775,14 +789,15 @@ fn mount_one(
         // Read-only is applied to the mount, not at mount time: a superblock shared with
         // other mounts (sysfs of the pod's network namespace, cgroup2, mqueue) would
         // otherwise turn read-only for every container of the pod.
-        (MountKind::Fs { fstype, source }, _) => sys::mount(
-            Some(source),
-            target.as_cstr(),
-            Some(fstype),
-            m.flags & !libc::MS_RDONLY,
-            m.data.as_deref(),
-        )
-        .ctx(|| m.describe.clone())?,
+        (MountKind::Fs { fstype, source }, _) => os
+            .mount(
+                Some(source),
+                target.as_cstr(),
+                Some(fstype),
+                m.flags & !libc::MS_RDONLY,
+                m.data.as_deref(),
+            )
+            .ctx(|| m.describe.clone())?,
     }
     let fs_readonly = matches!(m.kind, MountKind::Fs { .. }) && m.flags & libc::MS_RDONLY != 0;
     let propagation: &[c_ulong] = match tree_private
@@ -802,40 +817,38 @@ fn mount_one(
     let top = top.as_cstr();
     if bind_flags != 0 {
         let flags = libc::MS_BIND | libc::MS_REMOUNT | bind_flags;
-        kept_flags(top)
-            .and_then(|keep| sys::mount(None, top, None, flags | keep, None))
+        kept_flags(os, top)
+            .and_then(|keep| os.mount(None, top, None, flags | keep, None))
             .ctx(|| format!("applying the options of the {}", m.describe))?;
     }
     if fs_readonly {
-        remount_readonly(top).ctx(|| format!("making the {} read-only", m.describe))?;
+        remount_readonly(os, top).ctx(|| format!("making the {} read-only", m.describe))?;
     }
     if m.recursive_ro {
-        match sys::make_tree_readonly(top) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => remount_readonly(top),
+        match os.make_tree_readonly(top) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => remount_readonly(os, top),
             other => other,
         }
         .ctx(|| format!("making the {} read-only", m.describe))?;
     }
     for &p in propagation {
-        sys::mount(None, top, None, p, None)
+        os.mount(None, top, None, p, None)
             .ctx(|| format!("setting the propagation of the {}", m.describe))?;
     }
     Ok(())
 }
 
-fn make_devices(root: &OwnedFd, devices: &[DevicePlan]) -> Result<(), Fail> {
+/// Creates the spec's (and the default) device nodes, owned as the spec says.
+fn make_devices(os: &impl Syscall, root: &OwnedFd, devices: &[DevicePlan]) -> Result<(), Fail> {
     for d in devices {
         let name = &d.path.name;
         let parent = ensure_path(root, &d.path.parent, false)
             .ctx(|| format!("creating the directory of device {}", d.path.display))?;
-        // SAFETY: name is NUL-terminated; parent is a directory we hold.
-        let r = unsafe { libc::mknodat(parent.as_raw_fd(), name.as_ptr(), d.mode, d.dev) };
-        if r < 0 {
-            let e = last_error();
+        if let Err(e) = os.mknodat(parent.as_raw_fd(), name, d.mode, d.dev) {
             match e.raw_os_error() {
                 Some(libc::EEXIST) => continue,
                 Some(libc::EPERM) => {
-                    bind_device(root, d)?;
+                    bind_device(os, root, d)?;
                     continue;
                 }
                 _ => return Err(Fail(format!("creating device {}: {e}", d.path.display))),
@@ -844,28 +857,19 @@ fn make_devices(root: &OwnedFd, devices: &[DevicePlan]) -> Result<(), Fail> {
         if d.uid.is_some() || d.gid.is_some() {
             let uid = d.uid.unwrap_or(u32::MAX);
             let gid = d.gid.unwrap_or(u32::MAX);
-            // SAFETY: as above; -1 leaves an id unchanged.
-            let r = unsafe {
-                libc::fchownat(
-                    parent.as_raw_fd(),
-                    name.as_ptr(),
-                    uid,
-                    gid,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            };
-            cvt(r).ctx(|| format!("changing the owner of device {}", d.path.display))?;
+            os.fchownat(parent.as_raw_fd(), name, uid, gid)
+                .ctx(|| format!("changing the owner of device {}", d.path.display))?;
         }
     }
     Ok(())
 }
 
 /// Without CAP_MKNOD: bind the host's node onto an empty file.
-fn bind_device(root: &OwnedFd, d: &DevicePlan) -> Result<(), Fail> {
+fn bind_device(os: &impl Syscall, root: &OwnedFd, d: &DevicePlan) -> Result<(), Fail> {
     let file = ensure_path(root, &d.path.full, true)
         .ctx(|| format!("creating device {}", d.path.display))?;
     let target = FdPath::new(file.as_raw_fd());
-    sys::mount(Some(&d.host), target.as_cstr(), None, libc::MS_BIND, None)
+    os.mount(Some(&d.host), target.as_cstr(), None, libc::MS_BIND, None)
         .ctx(|| format!("bind-mounting device {}", d.path.display))
 }
 
@@ -899,7 +903,7 @@ fn dev_links(root: &OwnedFd, has_devpts: bool) -> Result<(), Fail> {
 }
 
 /// Binds the terminal's slave onto /dev/console.
-fn bind_console(root: &OwnedFd, slave_path: &CStr) -> Result<(), Fail> {
+fn bind_console(os: &impl Syscall, root: &OwnedFd, slave_path: &CStr) -> Result<(), Fail> {
     let dev = resolve(root, c"dev").ctx(|| "opening /dev".into())?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: NUL-terminated name; dev is a directory we hold.
@@ -916,7 +920,7 @@ fn bind_console(root: &OwnedFd, slave_path: &CStr) -> Result<(), Fail> {
     unsafe { libc::close(fd) };
     let console = resolve(root, c"dev/console").ctx(|| "opening /dev/console".into())?;
     let target = FdPath::new(console.as_raw_fd());
-    sys::mount(
+    os.mount(
         Some(slave_path),
         target.as_cstr(),
         None,
@@ -926,31 +930,22 @@ fn bind_console(root: &OwnedFd, slave_path: &CStr) -> Result<(), Fail> {
     .ctx(|| "bind-mounting the terminal on /dev/console".into())
 }
 
-fn stat(path: &CStr) -> io::Result<libc::stat> {
-    // SAFETY: stat is plain data and a valid out pointer.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        cvt(libc::stat(path.as_ptr(), &mut st))?;
-        Ok(st)
-    }
-}
-
 fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 /// Hides each path: an empty read-only tmpfs over directories, /dev/null over files.
-fn mask_paths(paths: &[CString]) -> Result<(), Fail> {
+fn mask_paths(os: &impl Syscall, paths: &[CString]) -> Result<(), Fail> {
     for p in paths {
-        let st = match stat(p) {
+        let st = match os.stat(p) {
             Ok(st) => st,
             Err(e) if is_enoent(&e) => continue,
             Err(e) => return Err(Fail(format!("masking {p:?}: {e}"))),
         };
         let r = if is_dir(&st) {
-            sys::mount(Some(c"tmpfs"), p, Some(c"tmpfs"), libc::MS_RDONLY, None)
+            os.mount(Some(c"tmpfs"), p, Some(c"tmpfs"), libc::MS_RDONLY, None)
         } else {
-            sys::mount(Some(c"/dev/null"), p, None, libc::MS_BIND, None)
+            os.mount(Some(c"/dev/null"), p, None, libc::MS_BIND, None)
         };
         r.ctx(|| format!("masking {p:?}"))?;
     }
@@ -958,15 +953,15 @@ fn mask_paths(paths: &[CString]) -> Result<(), Fail> {
 }
 
 /// Makes each path a read-only bind of itself.
-fn readonly_paths(paths: &[CString]) -> Result<(), Fail> {
+fn readonly_paths(os: &impl Syscall, paths: &[CString]) -> Result<(), Fail> {
     for p in paths {
-        match stat(p) {
+        match os.stat(p) {
             Ok(_) => {}
             Err(e) if is_enoent(&e) => continue,
             Err(e) => return Err(Fail(format!("making {p:?} read-only: {e}"))),
         }
-        sys::mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None)
-            .and_then(|()| remount_readonly(p))
+        os.mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None)
+            .and_then(|()| remount_readonly(os, p))
             .ctx(|| format!("making {p:?} read-only"))?;
     }
     Ok(())
@@ -1111,7 +1106,7 @@ fn find_executable(p: &ProcessPlan) -> Exe<'_> {
 }
 
 fn check_executable(path: &CStr) -> Result<(), String> {
-    let st = stat(path)
+    let st = sys::stat(path)
         .map_err(|e| format!("stat {}: {}", path.to_string_lossy(), sys::errno_text(&e)))?;
     if is_dir(&st) {
         return Err("is a directory".into());

@@ -314,6 +314,16 @@ pub(super) fn mount(
     .map(drop)
 }
 
+/// `stat(2)` of `path`, following symlinks.
+pub(super) fn stat(path: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain data and a valid out pointer.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        cvt(libc::stat(path.as_ptr(), &mut st))?;
+        Ok(st)
+    }
+}
+
 /// The per-mount flags of the mount at `path` that a bind remount must repeat (a remount
 /// that would clear a locked flag fails).
 pub(super) fn mount_flags(path: &CStr) -> io::Result<c_ulong> {

@@ -107,7 +107,7 @@ fn caps(list: &[Capability]) -> LinuxCapabilities {
         .unwrap()
 }
 
-fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+pub(super) fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
     MountBuilder::default()
         .destination(dest)
         .typ(typ)
@@ -189,7 +189,10 @@ pub(crate) fn process(args: &[&str]) -> Process {
         .unwrap()
 }
 
-fn test_spec(root: &Path, args: &[&str]) -> Spec {
+/// A spec running `args` on the rootfs `root`: new pid, ipc, uts, mount and cgroup
+/// namespaces, containerd's default mounts and masked and readonly paths, hostname
+/// "cairn-test".
+pub(super) fn test_spec(root: &Path, args: &[&str]) -> Spec {
     use LinuxNamespaceType::*;
     let linux = LinuxBuilder::default()
         .namespaces(namespaces(&[Pid, Ipc, Uts, Mount, Cgroup]))
