@@ -5,6 +5,8 @@
 //! itself, naming the offending field. The one host-side action here: the spec's device
 //! rules are written into the container's cgroup v1 `devices` hierarchy and, where the
 //! container has a cgroup2 directory, attached to it as a device program.
+//!
+//! Runs in cairn-shim.
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
