@@ -34,12 +34,8 @@ async fn update_container_resources_changes_running_limits() {
         ..Default::default()
     });
     let id = node.run_config(&mut rt, &pod, config).await;
-    let mem = node.cgroup_dir("memory", &id).join("memory.limit_in_bytes");
-    let quota = node.cgroup_dir("cpu", &id).join("cpu.cfs_quota_us");
-    let shares = node.cgroup_dir("cpu", &id).join("cpu.shares");
-    assert_eq!(read_trim(mem.clone()), (64u64 << 20).to_string());
-    assert_eq!(read_trim(quota.clone()), "50000");
-    assert_eq!(read_trim(shares.clone()), "512");
+    let limits = Limits::of(&node, &id);
+    assert_eq!(limits.read(), Limits::want(64 << 20, 50_000, 512));
     let before = exec_out(&mut rt, &id, &["cat", "/proc/1/stat"]).await;
 
     let new = cri::LinuxContainerResources {
@@ -56,9 +52,7 @@ async fn update_container_resources_changes_running_limits() {
     })
     .await
     .unwrap();
-    assert_eq!(read_trim(mem.clone()), (128u64 << 20).to_string());
-    assert_eq!(read_trim(quota.clone()), "20000");
-    assert_eq!(read_trim(shares.clone()), "256");
+    assert_eq!(limits.read(), Limits::want(128 << 20, 20_000, 256));
     // The same process, still running, and the status reports the new limits.
     assert_eq!(
         exec_out(&mut rt, &id, &["cat", "/proc/1/stat"]).await,
@@ -85,7 +79,7 @@ async fn update_container_resources_changes_running_limits() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert_eq!(read_trim(mem), (128u64 << 20).to_string());
+    assert_eq!(limits.read(), Limits::want(128 << 20, 20_000, 256));
     let err = rt
         .update_container_resources(cri::UpdateContainerResourcesRequest {
             container_id: "nosuch".into(),
@@ -98,6 +92,50 @@ async fn update_container_resources_changes_running_limits() {
 
     remove_pod(&mut rt, &pod).await;
     assert_clean(&node);
+}
+
+/// The files a container's memory limit, CPU quota and CPU weight are in, as the node
+/// lays them out: v1's `memory.limit_in_bytes`, `cpu.cfs_quota_us` and `cpu.shares`, or
+/// v2's `memory.max`, `cpu.max` and `cpu.weight`.
+struct Limits {
+    memory: std::path::PathBuf,
+    quota: std::path::PathBuf,
+    shares: std::path::PathBuf,
+}
+
+impl Limits {
+    fn of(node: &Node, id: &str) -> Limits {
+        let (mem, cpu) = (node.cgroup_dir("memory", id), node.cgroup_dir("cpu", id));
+        match host_cgroup_v2() {
+            true => Limits {
+                memory: mem.join("memory.max"),
+                quota: cpu.join("cpu.max"),
+                shares: cpu.join("cpu.weight"),
+            },
+            false => Limits {
+                memory: mem.join("memory.limit_in_bytes"),
+                quota: cpu.join("cpu.cfs_quota_us"),
+                shares: cpu.join("cpu.shares"),
+            },
+        }
+    }
+
+    fn read(&self) -> [String; 3] {
+        [&self.memory, &self.quota, &self.shares].map(|p| read_trim(p.clone()))
+    }
+
+    /// What the files hold for these CRI values (period 100 ms). On v2 the shares become
+    /// a weight as runc and crun convert them: 1 + (shares - 2) * 9999 / 262142.
+    fn want(memory: u64, quota: u64, shares: u64) -> [String; 3] {
+        match host_cgroup_v2() {
+            true => [
+                memory.to_string(),
+                format!("{quota} 100000"),
+                (1 + (shares - 2) * 9999 / 262_142).to_string(),
+            ],
+            false => [memory.to_string(), quota.to_string(), shares.to_string()],
+        }
+    }
 }
 
 /// The counters of a log file in order (lines `<time> stdout F <n>`).
@@ -355,15 +393,6 @@ async fn an_oom_killed_container_says_so() {
     assert_clean(&node);
 }
 
-/// Whether the host's `/sys/fs/cgroup` is a cgroup2 mount (pure v2).
-fn host_cgroup_v2() -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .rfind(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup"))
-        .is_some_and(|l| l.contains(" - cgroup2 "))
-}
-
 #[tokio::test]
 async fn a_container_reads_its_own_limits_under_sys_fs_cgroup() {
     let node = Node::new().await;
@@ -416,19 +445,32 @@ async fn a_container_reads_its_own_limits_under_sys_fs_cgroup() {
     assert!(out.lines().any(|l| l == "1"), "{procs}: {out:?}");
 
     // Read-only, as the spec's cgroup mount says: neither the hierarchy nor the tmpfs
-    // around it can be written.
-    for cmd in [
-        ["mkdir", "/sys/fs/cgroup/memory/escape"],
-        ["mkdir", "/sys/fs/cgroup/escape"],
-    ] {
-        let r = exec(&mut rt, &id, &cmd).await;
+    // around it (v1) can be written.
+    let writes: &[[&str; 2]] = match host_cgroup_v2() {
+        true => &[["mkdir", "/sys/fs/cgroup/escape"]],
+        false => &[
+            ["mkdir", "/sys/fs/cgroup/memory/escape"],
+            ["mkdir", "/sys/fs/cgroup/escape"],
+        ],
+    };
+    for cmd in writes {
+        let r = exec(&mut rt, &id, cmd).await;
         assert_ne!(r.exit_code, 0, "{cmd:?} succeeded");
         assert!(
             String::from_utf8_lossy(&r.stderr).contains("Read-only file system"),
             "{cmd:?}: {r:?}"
         );
     }
-    if !host_cgroup_v2() {
+    if host_cgroup_v2() {
+        // Its own cgroup namespace: the container's cgroup is the root it sees, and the
+        // host's hierarchy above it is out of sight.
+        let own = exec_out(&mut rt, &id, &["cat", "/proc/self/cgroup"]).await;
+        assert_eq!(own.trim(), "0::/", "/proc/self/cgroup");
+        let host_parent = node.cgroups.0.trim_start_matches('/');
+        let listing = exec_out(&mut rt, &id, &["ls", "/sys/fs/cgroup"]).await;
+        assert!(!listing.contains(host_parent), "{listing:?}");
+        assert!(listing.lines().any(|l| l == "memory.max"), "{listing:?}");
+    } else {
         let listing = exec_out(&mut rt, &id, &["ls", "/sys/fs/cgroup"]).await;
         for h in ["cpu", "cpuacct", "memory", "pids", "devices"] {
             assert!(listing.lines().any(|l| l == h), "{h} missing: {listing:?}");

@@ -135,10 +135,10 @@ impl Node {
         c
     }
 
-    /// The container's cgroup directory in a v1 controller's hierarchy.
+    /// The container's cgroup directory: in a v1 controller's hierarchy, or (on a pure
+    /// cgroup v2 host) its one directory, whatever the controller.
     pub fn cgroup_dir(&self, controller: &str, id: &str) -> PathBuf {
-        Path::new("/sys/fs/cgroup")
-            .join(controller)
+        hierarchy_root(controller)
             .join(self.cgroups.0.trim_start_matches('/'))
             .join(id)
     }
@@ -370,10 +370,8 @@ pub struct CgroupParentGuard(pub String);
 
 impl Drop for CgroupParentGuard {
     fn drop(&mut self) {
-        for ctrl in entries(Path::new("/sys/fs/cgroup")) {
-            let dir = Path::new("/sys/fs/cgroup")
-                .join(ctrl)
-                .join(self.0.trim_start_matches('/'));
+        for root in hierarchy_roots() {
+            let dir = root.join(self.0.trim_start_matches('/'));
             for child in entries(&dir) {
                 let _ = std::fs::remove_dir(dir.join(child));
             }
@@ -382,14 +380,42 @@ impl Drop for CgroupParentGuard {
     }
 }
 
+/// Whether the host's `/sys/fs/cgroup` is a cgroup2 mount (pure v2, as production nodes
+/// boot; the hybrid layout has a tmpfs there with a hierarchy per directory).
+pub fn host_cgroup_v2() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup"))
+        .is_some_and(|l| l.contains(" - cgroup2 "))
+}
+
+/// The root of the hierarchy that holds `controller`: `/sys/fs/cgroup` itself on pure v2.
+pub fn hierarchy_root(controller: &str) -> PathBuf {
+    match host_cgroup_v2() {
+        true => PathBuf::from("/sys/fs/cgroup"),
+        false => Path::new("/sys/fs/cgroup").join(controller),
+    }
+}
+
+/// The root of every cgroup hierarchy: each directory under `/sys/fs/cgroup` on v1 and
+/// hybrid hosts (the cgroup2 one among them), `/sys/fs/cgroup` itself on pure v2.
+pub fn hierarchy_roots() -> Vec<PathBuf> {
+    if host_cgroup_v2() {
+        return vec![PathBuf::from("/sys/fs/cgroup")];
+    }
+    entries(Path::new("/sys/fs/cgroup"))
+        .into_iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c))
+        .collect()
+}
+
 /// Cgroup directories below `parent` (relative to the hierarchy roots) in every
 /// hierarchy mounted under /sys/fs/cgroup.
 pub fn cgroups_under(parent: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for ctrl in entries(Path::new("/sys/fs/cgroup")) {
-        let dir = Path::new("/sys/fs/cgroup")
-            .join(&ctrl)
-            .join(parent.trim_start_matches('/'));
+    for root in hierarchy_roots() {
+        let dir = root.join(parent.trim_start_matches('/'));
         for child in entries(&dir) {
             let p = dir.join(child);
             if p.is_dir() {
